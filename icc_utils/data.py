@@ -1,0 +1,280 @@
+"""Seeded clustering episodes (PROTOCOL.md, "Numeric episodes").
+
+An episode is ``n`` points around ``c`` centres drawn uniformly in [-10, 10]^d, with
+Student-t (``df``), Gaussian or lognormal noise, random non-empty cluster sizes, shuffled,
+rounded to two decimals (what every method sees), and labels canonicalised by order of
+first appearance. Each episode comes from one explicit integer seed; the seed itself is
+derived from (root seed, split, distribution, c, d, df, index), so a data set is fully
+determined by its parameters, and the same cell/index gives the same episode in every
+profile (the default profile's 30 episodes are the first 30 of the paper profile's 100).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .io import read_jsonl, sha256_file, write_json, write_jsonl
+
+DISTRIBUTIONS = ("t", "gaussian", "lognormal")
+SPLITS = {"test": 0, "train": 1, "val": 2}
+PAPER_DFS = (1.0, 1.25, 1.5, 1.75, 2.0, 5.0, 100.0)
+TRAIN_DFS = (1.0, 2.0, 5.0, 100.0)
+CENTER_RANGE = (-10.0, 10.0)
+DEFAULT_LENGTH_RANGE = (10, 50)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One clustering problem: ``points`` (n x d, two decimals) and true ``labels`` (0..c-1)."""
+
+    id: str
+    seed: int
+    params: dict
+    points: list = field(repr=False)
+    labels: list = field(repr=False)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.params["n_clusters"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.params["dim"])
+
+    @property
+    def n_points(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Episode":
+        return cls(id=d["id"], seed=int(d["seed"]), params=dict(d["params"]),
+                   points=[list(p) for p in d["points"]], labels=list(d["labels"]))
+
+
+# ---------------------------------------------------------------- validation
+
+def _check_choice(name: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}={value!r} is out of range; it must be an integer {rng}")
+
+
+def normalise_distribution(distribution: str, df: float | None) -> tuple[str, float | None]:
+    """Map ``("t", inf)`` to ``("gaussian", None)`` and check the pair; returns (distribution, df)."""
+    _check_choice("distribution", distribution, DISTRIBUTIONS)
+    if distribution == "t":
+        if df is None:
+            raise ValueError("df is required for distribution='t' (a number > 0, or inf for Gaussian)")
+        df = float(df)
+        if not df > 0:
+            raise ValueError(f"df={df!r} is out of range; it must be > 0 (or inf for Gaussian)")
+        if math.isinf(df):
+            return "gaussian", None
+        return "t", df
+    return distribution, None
+
+
+def canonical_labels(labels: Iterable[int]) -> list[int]:
+    """Relabel clusters by order of first appearance: the first point is cluster 0, and so on."""
+    mapping: dict[int, int] = {}
+    return [mapping.setdefault(int(l), len(mapping)) for l in labels]
+
+
+# ---------------------------------------------------------------- seeds
+
+def _df_code(df: float | None) -> int:
+    return 0 if df is None else int(round(df * 1000))
+
+
+def episode_seed(root_seed: int, split: str, distribution: str, n_clusters: int, dim: int,
+                 df: float | None, index: int) -> int:
+    """The 64-bit seed of one episode, derived from its cell and index with numpy's SeedSequence."""
+    _check_choice("split", split, list(SPLITS))
+    entropy = [int(root_seed), SPLITS[split], DISTRIBUTIONS.index(distribution) + 1,
+               int(n_clusters), int(dim), _df_code(df), int(index)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def cell_key(distribution: str, n_clusters: int, dim: int, df: float | None) -> str:
+    """A readable key for one grid cell, used in episode ids."""
+    df_part = "" if df is None else f"-df{df:g}"
+    return f"{distribution}-c{n_clusters}-d{dim}{df_part}"
+
+
+# ---------------------------------------------------------------- generation
+
+def generate_episode(seed: int, distribution: str, n_clusters: int, dim: int, df: float | None = None,
+                     n_points: int | None = None, length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE,
+                     episode_id: str | None = None) -> Episode:
+    """Generate one episode from ``seed`` exactly as PROTOCOL.md says.
+
+    Centres uniform in [-10, 10]^d; noise: standard Student-t with ``df`` (unit scale),
+    standard normal (``gaussian``), or lognormal(0, 1); every cluster non-empty (one point
+    each, the rest multinomial over Dirichlet(1) proportions); points shuffled and rounded
+    to two decimals; labels by first appearance.
+    """
+    distribution, df = normalise_distribution(distribution, df)
+    _check_int("n_clusters", n_clusters, 1)
+    _check_int("dim", dim, 1)
+    lo, hi = int(length_range[0]), int(length_range[1])
+    if not (1 <= lo <= hi):
+        raise ValueError(f"length_range={tuple(length_range)!r} is out of range; it must be (lo, hi) with 1 <= lo <= hi")
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(lo, hi + 1)) if n_points is None else int(n_points)
+    if n < n_clusters:
+        raise ValueError(f"n_points={n} is out of range; it must be >= n_clusters={n_clusters} so no cluster is empty")
+    centres = rng.uniform(*CENTER_RANGE, size=(n_clusters, dim))
+    proportions = rng.dirichlet(np.ones(n_clusters))
+    sizes = 1 + rng.multinomial(n - n_clusters, proportions)
+    raw = np.repeat(np.arange(n_clusters), sizes)
+    if distribution == "t":
+        noise = rng.standard_t(df, size=(n, dim))
+    elif distribution == "gaussian":
+        noise = rng.standard_normal(size=(n, dim))
+    else:  # lognormal
+        noise = rng.lognormal(mean=0.0, sigma=1.0, size=(n, dim))
+    points = centres[raw] + noise
+    order = rng.permutation(n)
+    points, raw = points[order], raw[order]
+    points = np.round(points, 2) + 0.0  # "+ 0.0" turns -0.0 into 0.0
+    params = {"distribution": distribution, "df": df, "n_clusters": int(n_clusters), "dim": int(dim),
+              "n_points": n}
+    return Episode(id=episode_id or f"ep-{seed}", seed=int(seed), params=params,
+                   points=points.tolist(), labels=canonical_labels(raw))
+
+
+def permute_episode(episode: Episode, seed: int, suffix: str | None = None) -> Episode:
+    """The same episode with its points in a random order (labels re-canonicalised)."""
+    order = np.random.default_rng(seed).permutation(episode.n_points)
+    return Episode(id=f"{episode.id}-{suffix or f'perm{seed}'}", seed=episode.seed,
+                   params={**episode.params, "permutation_seed": int(seed)},
+                   points=[episode.points[i] for i in order],
+                   labels=canonical_labels(episode.labels[i] for i in order))
+
+
+def make_grid(distribution: str, n_clusters: Sequence[int], dims: Sequence[int], dfs: Sequence[float | None],
+              n_episodes: int, root_seed: int, split: str = "test",
+              length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE) -> list[Episode]:
+    """``n_episodes`` episodes for every (c, d, df) cell; ``dfs`` is ignored (use ``[None]``) for non-t data."""
+    _check_int("n_episodes", n_episodes, 1)
+    dfs = list(dfs) if distribution == "t" else [None]
+    episodes = []
+    for c in n_clusters:
+        _check_int("n_clusters", c, 2, 10)
+        for d in dims:
+            _check_int("dim", d, 1, 16)
+            for df in dfs:
+                dist, dfn = normalise_distribution(distribution, df)
+                key = cell_key(dist, c, d, dfn)
+                for i in range(n_episodes):
+                    seed = episode_seed(root_seed, split, dist, c, d, dfn, i)
+                    episodes.append(generate_episode(seed, dist, c, d, dfn, length_range=length_range,
+                                                     episode_id=f"{split}-{key}-{i:04d}"))
+    return episodes
+
+
+def make_training_set(n_episodes: int, root_seed: int, n_clusters: Sequence[int] = (2, 3, 4, 5),
+                      dims: Sequence[int] = (1, 2, 3, 4), dfs: Sequence[float] = TRAIN_DFS,
+                      length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE, distribution: str = "t",
+                      split: str = "train") -> list[Episode]:
+    """The fine-tuning set: each episode draws its (c, d, df) uniformly from the ranges.
+
+    Seeds come from the ``train`` split, so they are disjoint from every test set.
+    """
+    _check_int("n_episodes", n_episodes, 0)
+    episodes = []
+    for i in range(n_episodes):
+        pick = np.random.default_rng(np.random.SeedSequence([int(root_seed), SPLITS[split], 99, i]))
+        c = int(pick.choice(list(n_clusters)))
+        d = int(pick.choice(list(dims)))
+        df = float(pick.choice(list(dfs))) if distribution == "t" else None
+        dist, df = normalise_distribution(distribution, df)
+        seed = episode_seed(root_seed, split, dist, c, d, df, i)
+        episodes.append(generate_episode(seed, dist, c, d, df, length_range=length_range,
+                                         episode_id=f"{split}-{i:06d}-{cell_key(dist, c, d, df)}"))
+    return episodes
+
+
+# ---------------------------------------------------------------- files
+
+def save_episodes(path: str | Path, episodes: Iterable[Episode]) -> Path:
+    """Write episodes as JSON Lines (atomically)."""
+    return write_jsonl(path, (e.to_dict() for e in episodes))
+
+
+def load_episodes(path: str | Path) -> list[Episode]:
+    """Read episodes written by :func:`save_episodes`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run notebook 00_data for this profile first")
+    return [Episode.from_dict(r) for r in read_jsonl(path)]
+
+
+def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
+    """Episodes whose params match every criterion; a criterion may be a value or a list of values.
+
+    ``n_per_cell`` keeps the first n episodes of each (distribution, c, d, df) cell.
+    """
+    n_per_cell = criteria.pop("n_per_cell", None)
+    out, seen = [], Counter()
+    for e in episodes:
+        ok = True
+        for k, v in criteria.items():
+            allowed = v if isinstance(v, (list, tuple, set)) else [v]
+            if e.params.get(k) not in allowed:
+                ok = False
+                break
+        if not ok:
+            continue
+        cell = (e.params["distribution"], e.params["n_clusters"], e.params["dim"], e.params["df"])
+        if n_per_cell is not None and seen[cell] >= n_per_cell:
+            continue
+        seen[cell] += 1
+        out.append(e)
+    return out
+
+
+def cell_counts(episodes: Iterable[Episode]) -> dict[str, int]:
+    """Number of episodes per cell key."""
+    return dict(sorted(Counter(cell_key(e.params["distribution"], e.n_clusters, e.dim, e.params["df"])
+                               for e in episodes).items()))
+
+
+def write_manifest(path: str | Path, files: dict[str, str | Path], params: dict) -> dict:
+    """Write a manifest (generator parameters, episode counts per cell, sha256 per file)."""
+    entries = {}
+    for name, fpath in sorted(files.items()):
+        eps = load_episodes(fpath)
+        entries[name] = {"file": Path(fpath).name, "n_episodes": len(eps), "sha256": sha256_file(fpath),
+                         "cells": cell_counts(eps)}
+    manifest = {"params": params, "files": entries}
+    write_json(path, manifest)
+    return manifest
+
+
+def verify_manifest(path: str | Path) -> list[str]:
+    """Compare the files beside a manifest with it; returns a list of mismatches (empty = identical)."""
+    import json
+    path = Path(path)
+    manifest = json.loads(path.read_text())
+    problems = []
+    for name, entry in manifest["files"].items():
+        fpath = path.parent / entry["file"]
+        if not fpath.exists():
+            problems.append(f"{name}: {fpath} is missing")
+        elif sha256_file(fpath) != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+    return problems

@@ -1,0 +1,46 @@
+"""Robust parsing of model replies into cluster labels (PROTOCOL.md, "Parsing and metrics")."""
+from __future__ import annotations
+
+import re
+
+INVALID = -1
+_INT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\]")
+
+
+def parse_labels(reply, n_points: int) -> list[int]:
+    """Labels from the first list of integers in ``reply``; never raises.
+
+    Too short: padded with -1 (counted wrong, never matched to a true cluster); too long:
+    truncated; nothing parseable (or not a string): all -1. Negative labels become -1.
+    """
+    try:
+        n = max(int(n_points), 0)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(reply, str):
+        return [INVALID] * n
+    match = _INT_LIST.search(reply)
+    if match is None:
+        return [INVALID] * n
+    labels = []
+    for tok in match.group(1).split(","):
+        try:
+            v = int(tok.strip())
+        except ValueError:  # pragma: no cover - the regex only admits integers
+            v = INVALID
+        labels.append(v if v >= 0 else INVALID)
+    labels = labels[:n]
+    return labels + [INVALID] * (n - len(labels))
+
+
+def is_well_formed(reply, n_points: int, n_clusters: int | None = None) -> bool:
+    """Whether the reply holds a list of exactly ``n_points`` labels (in ``0..n_clusters-1`` if given)."""
+    if not isinstance(reply, str):
+        return False
+    match = _INT_LIST.search(reply)
+    if match is None:
+        return False
+    vals = [int(t.strip()) for t in match.group(1).split(",")]
+    if len(vals) != n_points:
+        return False
+    return all(0 <= v < n_clusters for v in vals) if n_clusters is not None else all(v >= 0 for v in vals)

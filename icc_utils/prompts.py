@@ -1,0 +1,65 @@
+"""The paper's clustering prompt (PROTOCOL.md, "Prompt (numeric)") and chat rendering."""
+from __future__ import annotations
+
+from typing import Sequence
+
+SYSTEM_PROMPT = "You are a data clustering expert."
+USER_TEMPLATE = ("Cluster the following data into {n_clusters} clusters. Only output the cluster labels "
+                 "for each point as a list of integers. Data: {data} Labels:")
+#: Unknown-k variant (ours, asked for by the paper's reviewers): the same prompt without the count.
+USER_TEMPLATE_UNKNOWN_K = ("Cluster the following data. Only output the cluster labels "
+                           "for each point as a list of integers. Data: {data} Labels:")
+
+
+def format_number(x: float) -> str:
+    """A number with exactly two decimals (``-0.00`` is written ``0.00``)."""
+    s = f"{float(x):.2f}"
+    return "0.00" if s == "-0.00" else s
+
+
+def format_points(points: Sequence[Sequence[float]]) -> str:
+    """Points as a list of lists, two decimals each: ``[[-0.93, 9.78], [4.85, 0.01]]``."""
+    return "[" + ", ".join("[" + ", ".join(format_number(x) for x in p) + "]" for p in points) + "]"
+
+
+def answer_text(labels: Sequence[int]) -> str:
+    """The answer (fine-tuning target) for a list of labels: ``[0, 0, 1, 0, 2]``."""
+    return "[" + ", ".join(str(int(l)) for l in labels) + "]"
+
+
+def user_prompt(points: Sequence[Sequence[float]], n_clusters: int | None) -> str:
+    """The user turn; ``n_clusters=None`` gives the unknown-k variant."""
+    data = format_points(points)
+    if n_clusters is None:
+        return USER_TEMPLATE_UNKNOWN_K.format(data=data)
+    return USER_TEMPLATE.format(n_clusters=int(n_clusters), data=data)
+
+
+def build_messages(points: Sequence[Sequence[float]], n_clusters: int | None,
+                   system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages (system + user) for one episode."""
+    return [{"role": "system", "content": system_prompt},
+            {"role": "user", "content": user_prompt(points, n_clusters)}]
+
+
+def episode_messages(episode, known_k: bool = True) -> list[dict]:
+    """Chat messages for an :class:`~icc_utils.data.Episode` (``known_k=False``: unknown-k prompt)."""
+    return build_messages(episode.points, episode.n_clusters if known_k else None)
+
+
+def render_chat(tokenizer, messages: list[dict], answer: str | None = None) -> str:
+    """Render messages with the tokenizer's own chat template.
+
+    Without ``answer``: the prompt ending with the assistant header (generation prompt).
+    With ``answer``: prompt + answer + the template's end-of-turn, for training.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template; "
+                         "ICC uses the model's own chat template (use an -Instruct model)")
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if answer is None:
+        return prompt
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to prompt + answer + eos
+        return prompt + answer + (tokenizer.eos_token or "")
+    return full
