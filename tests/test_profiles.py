@@ -1,0 +1,166 @@
+"""Profiles and the validators used in every notebook's first code cell."""
+from __future__ import annotations
+
+import math
+
+import nbformat
+import pytest
+
+from icc_utils import NOTEBOOKS_DIR
+from icc_utils.profiles import (available_profiles, check_choice, check_int, check_length_range, check_models,
+                                check_number, check_profile, check_subset, load_profile, notebook_parameters,
+                                parameters_for)
+from icc_utils.runner import find_notebooks
+
+#: The notebooks every profile is written for; until all exist, an undeclared key only skips.
+FOUNDATION_NOTEBOOKS = ("00", "01")
+
+
+# ---------------------------------------------------------------- validators
+
+def test_check_profile_names_the_parameter_and_the_profiles():
+    assert check_profile("smoke") == "smoke"
+    with pytest.raises(ValueError) as e:
+        check_profile("nope")
+    msg = str(e.value)
+    assert "profile='nope'" in msg
+    for name in ("smoke", "default", "paper"):
+        assert name in msg
+
+
+def test_check_choice():
+    assert check_choice("distribution", "t", ["t", "gaussian"]) == "t"
+    with pytest.raises(ValueError, match=r"distribution='x'.*\['t', 'gaussian'\]"):
+        check_choice("distribution", "x", ["t", "gaussian"])
+    with pytest.raises(ValueError, match="metric"):
+        check_choice("metric", ["unhashable"], {"a", "b"})
+
+
+def test_check_subset():
+    assert check_subset("dims", (1, 2), [1, 2, 3, 4]) == [1, 2]
+    assert check_subset("dims", [], [1, 2]) == []
+    with pytest.raises(ValueError, match=r"dims=.*\[7\].*\[1, 2, 3, 4\]"):
+        check_subset("dims", [1, 7], [1, 2, 3, 4])
+    for not_a_list in (3, "12", None, {1, 2}):
+        with pytest.raises(ValueError, match=r"dims=.*list"):
+            check_subset("dims", not_a_list, [1, 2, 3, 4])
+
+
+def test_check_int():
+    assert check_int("n", 3, 1) == 3
+    assert check_int("n", 10, 1, 10) == 10
+    for bad in (0, 11, 2.0, "3", True, None):
+        with pytest.raises(ValueError) as e:
+            check_int("n", bad, 1, 10)
+        assert "n=" in str(e.value) and "[1, 10]" in str(e.value)
+    with pytest.raises(ValueError, match=">= 1"):
+        check_int("n", -5, 1)
+
+
+def test_check_number():
+    assert check_number("lr", 5e-4, 0) == 5e-4
+    assert check_number("lr", 3, 0, 10) == 3.0
+    assert math.isinf(check_number("df", float("inf"), 0))
+    for bad in (-1, float("nan"), "0.1", True, None):
+        with pytest.raises(ValueError) as e:
+            check_number("lr", bad, 0)
+        assert "lr=" in str(e.value) and ">= 0" in str(e.value)
+    with pytest.raises(ValueError, match=r"frac=2.*\[0, 1\]"):
+        check_number("frac", 2, 0, 1)
+    with pytest.raises(ValueError, match="<= 1"):
+        check_number("frac", 2, hi=1)
+
+
+def test_check_models():
+    assert check_models("models", ["embedded", "kmeans", "gpt-4o"]) == ["embedded", "kmeans", "gpt-4o"]
+    with pytest.raises(ValueError) as e:
+        check_models("models", ["kmeans", "no-such-model"])
+    msg = str(e.value)
+    assert msg.startswith("models:") and "no-such-model" in msg and "kmeans" in msg and "embedded" in msg
+    with pytest.raises(ValueError, match="models=.*list"):
+        check_models("models", "kmeans")
+    with pytest.raises(ValueError, match="models"):
+        check_models("models", [3])
+
+
+def test_check_length_range():
+    assert check_length_range("length_range", [10, 50]) == (10, 50)
+    assert check_length_range("length_range", (5, 5)) == (5, 5)
+    for bad in ([50, 10], [0, 5], [1], [1, 2, 3], "10-50", [1.5, 3], None, [True, 3]):
+        with pytest.raises(ValueError, match="length_range=.*1 <= lo <= hi"):
+            check_length_range("length_range", bad)
+
+
+# ---------------------------------------------------------------- profile files
+
+def test_foundation_profiles_exist():
+    assert {"smoke", "default", "paper"} <= set(available_profiles())
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_loads(name):
+    prof = load_profile(name)
+    assert isinstance(prof, dict) and prof["profile"] == name
+    assert all(isinstance(k, str) and k.isidentifier() for k in prof)
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"profile='x' is not a known profile; available: \["):
+        load_profile("x")
+
+
+def test_profile_files_are_flat_and_named_consistently(tmp_path):
+    (tmp_path / "a.yml").write_text("profile: b\n")
+    (tmp_path / "nested.yml").write_text("profile: nested\nopts: {x: 1}\n")
+    (tmp_path / "ok.yml").write_text("seed: 3\n")
+    assert available_profiles(tmp_path) == ["a", "nested", "ok"]
+    with pytest.raises(ValueError, match="does not match"):
+        load_profile("a", tmp_path)
+    with pytest.raises(ValueError, match="flat"):
+        load_profile("nested", tmp_path)
+    assert load_profile("ok", tmp_path) == {"seed": 3, "profile": "ok"}
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_key_is_a_notebook_parameter(name):
+    notebooks = find_notebooks(NOTEBOOKS_DIR)
+    if not notebooks:
+        pytest.skip("no numbered notebooks yet")
+    declared = set()
+    for nb in notebooks:
+        declared |= set(notebook_parameters(nb))
+    unused = sorted(set(load_profile(name)) - declared)
+    numbers = {nb.name[:2] for nb in notebooks}
+    missing = [n for n in FOUNDATION_NOTEBOOKS if n not in numbers]
+    if unused and missing:
+        pytest.skip(f"keys {unused} not declared yet; notebooks {missing} do not exist yet")
+    assert not unused, (f"profile {name!r} has keys that no notebook declares in its parameters cell: {unused} "
+                        f"(notebooks: {[nb.name for nb in notebooks]})")
+
+
+# ---------------------------------------------------------------- parameters_for
+
+def _notebook(path, params_src):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params_src)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), cell, nbformat.v4.new_code_cell("x = 1")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebook_parameters_and_parameters_for(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tiny.yml").write_text("profile: tiny\nseed: 4\nn_episodes: 5\nnot_declared: 1\n")
+    nb = _notebook(tmp_path / "01_x.ipynb", 'profile = "smoke"\nseed = 0\nn_episodes = 2\nmodels = ["kmeans"]\n')
+    assert set(notebook_parameters(nb)) == {"profile", "seed", "n_episodes", "models"}
+    assert notebook_parameters(nb)["n_episodes"]["default"] == "2"
+    assert parameters_for(nb, "tiny", profiles_dir=profiles) == {"profile": "tiny", "seed": 4, "n_episodes": 5}
+    got = parameters_for(nb, "tiny", {"n_episodes": 9, "models": ["gmm"], "other": 1}, profiles_dir=profiles)
+    assert got == {"profile": "tiny", "seed": 4, "n_episodes": 9, "models": ["gmm"]}
+    with pytest.raises(ValueError, match="profile='nope'"):
+        parameters_for(nb, "nope", profiles_dir=profiles)
+    with pytest.raises(FileNotFoundError):
+        notebook_parameters(tmp_path / "missing.ipynb")
