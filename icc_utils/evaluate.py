@@ -63,25 +63,26 @@ def evaluate(backend, episodes: Sequence, profile: str, known_k: bool = True, co
     return score_predictions(episodes, preds, display_name(backend.name), label)
 
 
-def evaluate_models(models: Sequence[str], episodes: Sequence, profile: str, known_k: bool = True,
-                    constrained_modes: Sequence[bool] = (False, True), backend_kwargs: dict | None = None,
-                    backends: dict | None = None) -> pd.DataFrame:
-    """Evaluate several models; LLMs once per decoding mode (``constrained_modes``), APIs unconstrained only.
+def build_backends(models: Sequence[str], local_kwargs: dict | None = None) -> dict:
+    """Backends by model name; ``local_kwargs`` (dtype, batch_size, adapter...) go to local models."""
+    from .models import model_kind
+    return {name: get_backend(name, **(local_kwargs or {})) if model_kind(name) == "local" else get_backend(name)
+            for name in models}
 
-    Unavailable backends (no API key, no base URL) are skipped with a printed note.
-    ``backends`` may hold already-built backends by name (to reuse loaded models).
+
+def evaluate_models(backends: dict, episodes: Sequence, profile: str, known_k: bool = True,
+                    constrained_modes: Sequence[bool] = (False, True), include_classical: bool = True) -> pd.DataFrame:
+    """Evaluate several backends (from :func:`build_backends`); LLMs once per decoding mode, APIs unconstrained only.
+
+    Unavailable backends (no API key, no base URL) are skipped (the notebook prints why). Classical methods
+    need the number of clusters, so they are skipped when ``known_k`` is False.
     """
     frames = []
-    backends = backends if backends is not None else {}
-    for name in models:
-        if name not in backends:
-            backends[name] = get_backend(name, **((backend_kwargs or {}).get(name, {})))
-        b = backends[name]
+    for name, b in backends.items():
         if not getattr(b, "available", True):
-            print(f"NOTE: {b.unavailable_reason}")
-            continue
+            continue  # the notebook prints the backend's unavailable_reason once
         if b.kind == "classical":
-            if known_k:
+            if known_k and include_classical:
                 frames.append(evaluate(b, episodes, profile))
             continue
         modes = [m for m in constrained_modes if not (m and b.kind == "openai")]
@@ -92,5 +93,109 @@ def evaluate_models(models: Sequence[str], episodes: Sequence, profile: str, kno
 
 def row_name(df: pd.DataFrame) -> pd.Series:
     """``model`` for classical rows, ``model method`` for LLM rows (for legends and table rows)."""
-    return np.where(df["method"].eq(df["model"]) | df["method"].eq(""), df["model"],
-                    df["model"] + " " + df["method"])
+    model, method = df["model"].astype(str), df["method"].astype(str)
+    return pd.Series(np.where(method.eq(model) | method.eq(""), model, model + " " + method), index=df.index)
+
+
+def chance_rows(episodes: Sequence, n_draws: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Chance level: scores of uniformly random labels in 0..c-1, averaged over ``n_draws`` seeded draws per episode."""
+    from .metrics import score as _score
+    rows = []
+    for i, ep in enumerate(episodes):
+        rng = np.random.default_rng([seed, i])
+        draws = [_score(ep.labels, rng.integers(0, ep.n_clusters, ep.n_points)) for _ in range(n_draws)]
+        df = ep.params["df"]
+        rows.append({"model": "chance", "method": "random labels", "episode_id": ep.id,
+                     "distribution": ep.params["distribution"], "df": np.inf if df is None else float(df),
+                     "n_clusters": ep.n_clusters, "dim": ep.dim, "n_points": ep.n_points,
+                     **{k: float(np.mean([d[k] for d in draws])) for k in ("accuracy", "ari", "nmi")},
+                     "well_formed": True, "n_pred_clusters": ep.n_clusters})
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def comparison_table(summary: pd.DataFrame, columns: str, paper: pd.DataFrame | None = None,
+                     index: Sequence[str] = ("model", "method"), metric: str = "accuracy") -> pd.DataFrame:
+    """Wide table "mean ± se" with one row per (model, method) and one column per value of ``columns``.
+
+    Paper rows (``paper_results`` output: ``model``, ``method``, ``accuracy``, ``stderr``) are appended,
+    marked ``(paper)``, for the same column values.
+    """
+    from .metrics import fmt_mean_se
+    s = summary.copy()
+    s["value"] = [fmt_mean_se(m, e) for m, e in zip(s[metric], s[f"{metric}_se"])]
+    s["row"] = row_name(s) if tuple(index) == ("model", "method") else s[list(index)].astype(str).agg(" ".join, axis=1)
+    wide = s.pivot_table(index="row", columns=columns, values="value", aggfunc="first", sort=False)
+    if paper is not None and len(paper):
+        p = paper.copy()
+        p["value"] = [fmt_mean_se(m, e) for m, e in zip(p["accuracy"], p["stderr"])]
+        p["row"] = "(paper) " + row_name(p)
+        p = p[p[columns].isin(wide.columns)]
+        wide = pd.concat([wide, p.pivot_table(index="row", columns=columns, values="value", aggfunc="first", sort=False)])
+    wide.columns = [f"{columns}={c:g}" if isinstance(c, (int, float)) else f"{columns}={c}" for c in wide.columns]
+    return wide.reset_index().rename(columns={"row": "method"})
+
+
+def format_rows(rows: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "ari", "nmi", "well_formed")) -> pd.DataFrame:
+    """Overall "mean ± se" per (model, method) over all episodes, one column per metric."""
+    from .metrics import fmt_mean_se, summarize
+    s = summarize(rows.assign(well_formed=rows["well_formed"].astype(float)), ["model", "method"], metrics)
+    out = s[["model", "method", "n"]].copy()
+    for m in metrics:
+        out[m] = [fmt_mean_se(a, b) for a, b in zip(s[m], s[f"{m}_se"])]
+    return out
+
+
+def permutation_table(rows: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 5: mean accuracy and, in parentheses, the mean over episodes of the std across point orders.
+
+    ``rows`` need a ``base_episode`` column (the episode before permutation). The std is the population
+    std (ddof=0) of the accuracies of one episode's orders.
+    """
+    per_ep = rows.groupby(["model", "method", "df", "base_episode"])["accuracy"].agg(["mean", lambda a: float(np.std(a))])
+    per_ep.columns = ["mean", "std"]
+    agg = per_ep.groupby(["model", "method", "df"]).agg(accuracy=("mean", "mean"), perm_std=("std", "mean"),
+                                                         n=("mean", "size")).reset_index()
+    agg["value"] = [f"{a:.2f} ({s:.2f})" for a, s in zip(agg["accuracy"], agg["perm_std"])]
+    agg["row"] = row_name(agg)
+    wide = agg.pivot_table(index="row", columns="df", values="value", aggfunc="first", sort=False)
+    if paper is not None and len(paper):
+        p = paper[paper["df"].isin(wide.columns)].copy()
+        p["value"] = [f"{a:.2f} ({s:.2f})" for a, s in zip(p["accuracy"], p["permutation_std"])]
+        p["row"] = "(paper) " + row_name(p)
+        wide = pd.concat([wide, p.pivot_table(index="row", columns="df", values="value", aggfunc="first", sort=False)])
+    wide.columns = [f"df={c:g}" for c in wide.columns]
+    return wide.reset_index().rename(columns={"row": "method"})
+
+
+def zero_shot_findings(summary: pd.DataFrame, paper: pd.DataFrame, n_clusters: int, dim: int) -> str:
+    """Plain-language findings for Figure 2, computed from the numbers, next to the paper's.
+
+    Rule: a model is "near chance" when its mean accuracy over the df is within 2 standard errors
+    (or 0.03) of the chance level; "heavy tails hurt X more" compares the drop from the largest to the
+    smallest df.
+    """
+    from .metrics import sem
+    lines = [f"**Setting:** c={n_clusters}, d={dim}; means over all df (each df equally weighted)."]
+    by = summary.assign(name=row_name(summary)).groupby("name", sort=False)
+    means = {k: float(g["accuracy"].mean()) for k, g in by}
+    ses = {k: float(np.sqrt((g["accuracy_se"] ** 2).sum()) / len(g)) for k, g in by}
+    chance = means.get("chance random labels", means.get("chance", float("nan")))
+    for name, m in means.items():
+        if name.startswith("chance"):
+            continue
+        g = by.get_group(name).sort_values("df")
+        drop = float(g["accuracy"].iloc[-1] - g["accuracy"].iloc[0])
+        wf = g["well_formed_mean"] if "well_formed_mean" in g else g.get("well_formed")
+        wf_txt = f", well-formed replies {float(wf.mean()):.0%}" if wf is not None and name not in ("kmeans", "gmm", "agglomerative", "spectral") else ""
+        near = abs(m - chance) <= max(2 * ses[name], 0.03)
+        verdict = "near chance" if near else ("below chance" if m < chance else "above chance")
+        lines.append(f"- **{name}**: mean accuracy {m:.3f} ± {ses[name]:.3f} ({verdict}; chance {chance:.3f}); "
+                     f"accuracy at the largest df minus the smallest df: {drop:+.3f}{wf_txt}.")
+    if len(paper):
+        lines.append("")
+        lines.append("**Paper, same setting (Table 1):**")
+        for name, g in paper.groupby("model", sort=False):
+            g = g.sort_values("df")
+            lines.append(f"- {name} ({g['method'].iloc[0]}): mean {g['accuracy'].mean():.3f}; largest-df minus smallest-df "
+                         f"{g['accuracy'].iloc[-1] - g['accuracy'].iloc[0]:+.3f}.")
+    return "\n".join(lines)

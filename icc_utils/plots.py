@@ -80,3 +80,27 @@ def plot_accuracy_vs_df(summary: pd.DataFrame, group: str = "model", ax=None, ti
     if title:
         ax.set_title(title)
     return fig
+
+
+def plot_grid_accuracy(summary: pd.DataFrame, group: str = "name", size: float = 3.0):
+    """Figure 6 style: one panel per (df, dim), accuracy against the number of clusters, one line per ``group``."""
+    dfs = sorted(summary["df"].unique())
+    dims = sorted(summary["dim"].unique())
+    fig, axes = plt.subplots(len(dfs), len(dims), figsize=(size * len(dims) + 1, size * len(dfs)), squeeze=False,
+                             sharey=True)
+    for i, df in enumerate(dfs):
+        for j, d in enumerate(dims):
+            ax = axes[i, j]
+            sub = summary[(summary["df"] == df) & (summary["dim"] == d)]
+            for name, g in sub.groupby(group, sort=False):
+                g = g.sort_values("n_clusters")
+                ax.errorbar(g["n_clusters"], g["accuracy"], yerr=g["accuracy_se"], marker="o", capsize=2, label=str(name))
+            ax.set_title(f"df={df:g}, dim={d}", fontsize=9)
+            ax.set_xlabel("number of clusters")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    return fig
