@@ -1,0 +1,307 @@
+"""Execute the numbered notebooks in order with papermill (what ``make reproduce`` calls).
+
+Each notebook ``notebooks/NN_*.ipynb`` runs in the notebooks folder with the parameters of a
+profile (:func:`icc_utils.profiles.parameters_for`) plus any overrides; the executed copy goes
+to ``results/<profile>/<notebook>.ipynb``; ``results/<profile>/RUNINFO.json`` records the wall
+time and status of every notebook (rewritten atomically after each one). The first failure
+stops the run with a message naming the notebook and the cell.
+
+All functions take the notebooks / results / profiles folders as arguments (package defaults
+otherwise), so they can be tested on a temporary folder.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_DIR
+from .io import write_json
+from .profiles import check_profile, parameters_for, undeclared_keys
+
+NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_.+\.ipynb$")
+RUNINFO_NAME = "RUNINFO.json"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised: carries the notebook and, for an error in a cell, the cell's position."""
+
+    def __init__(self, notebook: str, output: Path | None, cell_index: int | None = None,
+                 exec_count: int | None = None, ename: str | None = None, evalue: str | None = None,
+                 source: str | None = None, source_index: int | None = None):
+        self.notebook = notebook
+        self.source_index = source_index
+        self.output = output
+        self.cell_index = cell_index
+        self.exec_count = exec_count
+        self.ename = ename
+        self.evalue = evalue
+        self.source = source
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        where = f"notebook {self.notebook}"
+        if self.cell_index is not None:
+            where += f", cell index {self.cell_index} of the executed notebook (In [{self.exec_count}])"
+            if self.source_index is not None and self.source_index != self.cell_index:
+                where += f" = cell index {self.source_index} of the source notebook"
+        lines = [f"FAILED: {where}", f"  {self.ename}: {self.evalue}"]
+        if self.source:
+            src = self.source.strip().splitlines()
+            head = src[:6] + (["..."] if len(src) > 6 else [])
+            lines.append("  cell source:")
+            lines += [f"    | {line}" for line in head]
+        if self.output is not None:
+            lines.append(f"  executed notebook with the full traceback: {self.output}")
+        return "\n".join(lines)
+
+
+def _source_cell_index(source: Path, cell_index: int | None, injected: bool) -> int | None:
+    """The failing cell's index in the source notebook.
+
+    papermill's ``cell_index`` counts the cells it executed, which include the injected-parameters
+    cell it inserts after the ``parameters`` cell (at the top if there is none; none if no parameters).
+    """
+    if cell_index is None or not injected:
+        return cell_index
+    try:
+        import nbformat
+
+        cells = nbformat.read(source, as_version=4).cells
+    except Exception:  # pragma: no cover - the source notebook is unreadable
+        return None
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    injected_at = tagged[0] + 1 if tagged else 0
+    return cell_index - 1 if cell_index > injected_at else cell_index
+
+
+# ---------------------------------------------------------------- finding notebooks
+
+def find_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` of a folder, in order of their number (then name)."""
+    d = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
+    found = [p for p in d.iterdir() if p.is_file() and NOTEBOOK_PATTERN.match(p.name)] if d.is_dir() else []
+    return sorted(found, key=lambda p: (int(NOTEBOOK_PATTERN.match(p.name).group(1)), p.name))
+
+
+def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | None) -> list[Path]:
+    """Keep the notebooks named in ``only`` (a number such as ``01`` or ``1``, a name prefix, or a
+    file name), in run order; an entry that matches nothing is an error listing the notebooks."""
+    if not only:
+        return list(notebooks)
+    chosen: set[Path] = set()
+    for sel in only:
+        s = str(sel).strip()
+        if s.endswith(".ipynb"):
+            s = s[:-len(".ipynb")]
+        if s.isdigit():
+            s = f"{int(s):02d}"
+            hits = [p for p in notebooks if NOTEBOOK_PATTERN.match(p.name).group(1) == s]
+        else:
+            hits = [p for p in notebooks if p.stem.startswith(s)]
+        if not hits:
+            raise ValueError(f"only={sel!r} matches no notebook; available: {[p.name for p in notebooks]}")
+        chosen.update(hits)
+    return [p for p in notebooks if p in chosen]
+
+
+# ---------------------------------------------------------------- run information
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _memory_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def environment_info() -> dict:
+    """Commit, machine and library versions for RUNINFO.json (no heavy imports)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "commit": commit,
+        "dirty": (bool(status) if status is not None else None) if commit else None,
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_gb": _memory_gb()},
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in ("torch", "transformers", "papermill", "numpy", "scikit-learn")},
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_runinfo(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+# ---------------------------------------------------------------- running
+
+def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                  notebooks_dir: str | Path | None = None, results_root: str | Path | None = None,
+                  profiles_dir: str | Path | None = None, kernel_name: str = "python3",
+                  progress_bar: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run the (selected) numbered notebooks in order; returns the RUNINFO dict.
+
+    Everything is checked before the first notebook starts (profile, selection, override keys).
+    On the first failure the run stops and :class:`NotebookFailed` is raised (RUNINFO.json
+    already records the failure; later notebooks are not run).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
+    results_root = Path(results_root) if results_root is not None else RESULTS_DIR
+    check_profile(profile, profiles_dir)
+    notebooks = find_notebooks(notebooks_dir)
+    if not notebooks:
+        raise ValueError(f"no numbered notebooks (NN_*.ipynb) in {notebooks_dir}")
+    selected = select_notebooks(notebooks, only)
+    overrides = dict(overrides or {})
+    unknown = undeclared_keys(overrides, selected)
+    if unknown:
+        raise ValueError(f"override(s) {unknown} are not parameters of any selected notebook "
+                         f"({[p.name for p in selected]})")
+    plan = [(nb, parameters_for(nb, profile, overrides, profiles_dir)) for nb in selected]
+
+    out_dir = results_root / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info_path = out_dir / RUNINFO_NAME
+    info = read_runinfo(info_path)
+    info.update(environment_info())
+    info.update({"profile": profile, "started": _now(), "finished": None, "status": "running",
+                 "selected": [nb.name for nb in selected], "overrides": overrides})
+    info.setdefault("notebooks", {})
+    write_json(info_path, info)
+
+    total_start = time.perf_counter()
+    for i, (nb, params) in enumerate(plan, 1):
+        out_path = out_dir / nb.name
+        log(f"[{i}/{len(plan)}] {nb.name} (profile={profile}) ...")
+        entry = {"status": "running", "started": _now(), "seconds": None, "output": str(out_path),
+                 "parameters": params, "commit": info.get("commit")}
+        info["notebooks"][nb.name] = entry
+        write_json(info_path, info)
+        t0 = time.perf_counter()
+        failure: NotebookFailed | None = None
+        try:
+            papermill.execute_notebook(str(nb), str(out_path), parameters=params, kernel_name=kernel_name,
+                                       cwd=str(notebooks_dir), progress_bar=progress_bar, log_output=False)
+        except PapermillExecutionError as exc:
+            failure = NotebookFailed(nb.name, out_path, exc.cell_index, exc.exec_count, exc.ename, exc.evalue,
+                                     exc.source, _source_cell_index(nb, exc.cell_index, bool(params)))
+        except Exception as exc:  # kernel died, bad notebook file, ...
+            failure = NotebookFailed(nb.name, out_path if out_path.exists() else None,
+                                     ename=type(exc).__name__, evalue=str(exc))
+        seconds = round(time.perf_counter() - t0, 2)
+        entry.update({"seconds": seconds, "finished": _now()})
+        if failure is not None:
+            entry.update({"status": "failed", "error": {"cell_index": failure.cell_index,
+                                                        "source_cell_index": failure.source_index,
+                                                        "exec_count": failure.exec_count,
+                                                        "ename": failure.ename, "evalue": failure.evalue}})
+            info.update({"status": "failed", "finished": _now(),
+                         "total_seconds": round(time.perf_counter() - total_start, 2)})
+            write_json(info_path, info)
+            log(f"[{i}/{len(plan)}] {nb.name} FAILED after {seconds:.1f} s")
+            raise failure
+        entry["status"] = "ok"
+        entry.pop("error", None)
+        write_json(info_path, info)
+        log(f"[{i}/{len(plan)}] {nb.name} done in {seconds:.1f} s -> {out_path}")
+    info.update({"status": "ok", "finished": _now(), "total_seconds": round(time.perf_counter() - total_start, 2)})
+    write_json(info_path, info)
+    log(f"all {len(plan)} notebook(s) ran in {info['total_seconds']:.1f} s; run information: {info_path}")
+    return info
+
+
+# ---------------------------------------------------------------- command line
+
+def _parse_value(text: str):
+    """A ``-p`` value as YAML (``3`` -> int, ``0.5`` -> float, ``[a, b]`` -> list, ``true``), else the string."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None and text.strip() not in ("null", "~", "None") else value
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m icc_utils.run",
+        description="Execute the numbered notebooks in order with papermill; executed notebooks and "
+                    "RUNINFO.json go to results/<profile>/.")
+    p.add_argument("--profile", default="default", help="parameter profile (notebooks/profiles/<name>.yml)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (number or name prefix)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="override one parameter (VALUE is read as YAML: 3, 0.5, [1, 2], true, text)")
+    p.add_argument("--list", action="store_true", help="list the profiles and notebooks (with their parameters) and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, notebooks_dir: str | Path | None = None,
+         results_root: str | Path | None = None, profiles_dir: str | Path | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad arguments)."""
+    from .profiles import available_profiles
+
+    args = build_parser().parse_args(argv)
+    overrides = {k: _parse_value(v) for k, v in args.parameter}
+    try:
+        check_profile(args.profile, profiles_dir)
+        notebooks = find_notebooks(notebooks_dir)
+        selected = select_notebooks(notebooks, args.only)
+        if args.list:
+            print(f"profiles: {available_profiles(profiles_dir)}")
+            for nb in notebooks:
+                mark = "*" if nb in selected else " "
+                params = parameters_for(nb, args.profile, overrides, profiles_dir)
+                print(f"{mark} {nb.name}  {params}")
+            return 0
+        run_notebooks(args.profile, args.only, overrides, notebooks_dir=notebooks_dir, results_root=results_root,
+                      profiles_dir=profiles_dir, progress_bar=not args.no_progress)
+    except NotebookFailed as exc:
+        print("\n" + exc.message(), file=sys.stderr, flush=True)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0

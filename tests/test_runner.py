@@ -1,0 +1,116 @@
+"""The papermill runner on a tiny temporary notebooks folder (a few seconds of kernel start-up)."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from icc_utils.runner import NotebookFailed, find_notebooks, main, run_notebooks, select_notebooks
+
+
+def _write_notebook(path, params_src, body_src):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(params_src)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params, nbformat.v4.new_code_cell(body_src)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+WRITE_FILE = ('from pathlib import Path\n'
+              'Path(out_name).write_text(f"{profile} {n} {tag}")')
+
+
+@pytest.fixture
+def project(tmp_path):
+    nbs = tmp_path / "notebooks"
+    profiles = nbs / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "tiny.yml").write_text("profile: tiny\nn: 5\ntag: from-profile\nunused_elsewhere: 1\n")
+    _write_notebook(nbs / "00_first.ipynb", 'profile = "smoke"\nn = 1\ntag = "default"\nout_name = "first.txt"',
+                    WRITE_FILE)
+    _write_notebook(nbs / "01_second.ipynb",
+                    'profile = "smoke"\nn = 1\ntag = "default"\nout_name = "second.txt"\nunused_elsewhere = 0',
+                    WRITE_FILE)
+    (nbs / "notes.ipynb").write_text("not a numbered notebook")  # ignored by the runner
+    return {"notebooks_dir": nbs, "results_root": tmp_path / "results", "profiles_dir": profiles}
+
+
+def test_find_and_select_notebooks(project):
+    nbs = find_notebooks(project["notebooks_dir"])
+    assert [p.name for p in nbs] == ["00_first.ipynb", "01_second.ipynb"]
+    assert [p.name for p in select_notebooks(nbs, ["01"])] == ["01_second.ipynb"]
+    assert [p.name for p in select_notebooks(nbs, ["1", "0"])] == ["00_first.ipynb", "01_second.ipynb"]
+    assert [p.name for p in select_notebooks(nbs, ["00_first.ipynb"])] == ["00_first.ipynb"]
+    assert select_notebooks(nbs, None) == nbs
+    with pytest.raises(ValueError, match=r"only='07'.*00_first.ipynb"):
+        select_notebooks(nbs, ["07"])
+
+
+def test_run_executes_in_order_with_parameters(project, capsys):
+    info = run_notebooks("tiny", overrides={"tag": "override"}, progress_bar=False, **project)
+    nbs, out = project["notebooks_dir"], project["results_root"] / "tiny"
+    # parameters: the profile's declared keys, then the override; cwd is the notebooks folder
+    assert (nbs / "first.txt").read_text() == "tiny 5 override"
+    assert (nbs / "second.txt").read_text() == "tiny 5 override"
+    # executed notebooks, with papermill's injected-parameters cell
+    for name in ("00_first.ipynb", "01_second.ipynb"):
+        executed = nbformat.read(out / name, as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and 'tag = "override"' in injected[0].source
+    first_injected = [c for c in nbformat.read(out / "00_first.ipynb", as_version=4).cells
+                      if "injected-parameters" in c.metadata.get("tags", [])][0].source
+    assert "unused_elsewhere" not in first_injected  # a key 00 does not declare is not passed to it
+    runinfo = json.loads((out / "RUNINFO.json").read_text())
+    assert runinfo == info
+    assert runinfo["status"] == "ok" and runinfo["profile"] == "tiny"
+    assert list(runinfo["notebooks"]) == ["00_first.ipynb", "01_second.ipynb"]
+    for entry in runinfo["notebooks"].values():
+        assert entry["status"] == "ok" and entry["seconds"] > 0
+    assert runinfo["notebooks"]["01_second.ipynb"]["parameters"]["unused_elsewhere"] == 1
+    assert "unused_elsewhere" not in runinfo["notebooks"]["00_first.ipynb"]["parameters"]
+    assert runinfo["machine"]["cpu_count"] >= 1 and runinfo["python"]
+    assert "torch" in runinfo["versions"] and "commit" in runinfo
+    log = capsys.readouterr().out
+    assert "[1/2] 00_first.ipynb" in log and "[2/2] 01_second.ipynb done in" in log
+
+
+def test_failure_stops_and_names_notebook_and_cell(project, capsys):
+    nbs = project["notebooks_dir"]
+    (nbs / "01_second.ipynb").rename(nbs / "02_second.ipynb")
+    _write_notebook(nbs / "01_broken.ipynb", 'profile = "smoke"\nn = 1',
+                    'x = 1\nraise ValueError(f"n={n} is out of range")')
+    rc = main(["--profile", "tiny", "--no-progress"], **project)
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "FAILED: notebook 01_broken.ipynb" in err
+    # source: markdown 0, parameters 1, failing 2; executed: papermill injects its parameters cell after 1
+    assert "cell index 3 of the executed notebook" in err and "cell index 2 of the source notebook" in err
+    assert "ValueError: n=5 is out of range" in err
+    out = project["results_root"] / "tiny"
+    assert (out / "00_first.ipynb").exists() and (out / "01_broken.ipynb").exists()
+    assert not (out / "02_second.ipynb").exists() and not (nbs / "second.txt").exists()  # later notebook not run
+    runinfo = json.loads((out / "RUNINFO.json").read_text())
+    assert runinfo["status"] == "failed"
+    assert runinfo["notebooks"]["00_first.ipynb"]["status"] == "ok"
+    broken = runinfo["notebooks"]["01_broken.ipynb"]
+    assert broken["status"] == "failed" and broken["error"]["cell_index"] == 3
+    assert broken["error"]["ename"] == "ValueError" and broken["error"]["source_cell_index"] == 2
+    assert "02_second.ipynb" not in runinfo["notebooks"]
+    with pytest.raises(NotebookFailed) as e:
+        run_notebooks("tiny", only=["01"], progress_bar=False, log=lambda s: None, **project)
+    assert e.value.notebook == "01_broken.ipynb" and e.value.cell_index == 3
+
+
+def test_bad_arguments_fail_before_running_anything(project, capsys):
+    assert main(["--profile", "nope"], **project) == 2
+    assert "profile='nope' is not a known profile; available: ['tiny']" in capsys.readouterr().err
+    assert main(["--profile", "tiny", "--only", "09"], **project) == 2
+    assert "only='09'" in capsys.readouterr().err
+    assert main(["--profile", "tiny", "-p", "typo_key", "3"], **project) == 2
+    assert "typo_key" in capsys.readouterr().err
+    assert not (project["results_root"]).exists()
+    assert main(["--profile", "tiny", "--list", "-p", "n", "[1, 2]"], **project) == 0
+    listing = capsys.readouterr().out
+    assert "00_first.ipynb" in listing and "'n': [1, 2]" in listing
