@@ -13,9 +13,13 @@ from .parsing import INVALID
 
 def _as_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(y_true, dtype=int)
-    p = np.asarray(y_pred, dtype=int)
-    if t.ndim != 1 or p.shape != t.shape:
-        raise ValueError(f"y_true and y_pred must be 1-d of equal length, got {t.shape} and {p.shape}")
+    raw = np.asarray(y_pred, dtype=object)
+    if t.ndim != 1 or raw.shape != t.shape:
+        raise ValueError(f"y_true and y_pred must be 1-d of equal length, got {t.shape} and {raw.shape}")
+    # Predicted labels are relabelled densely (-1 kept): every metric here is invariant to relabelling,
+    # and a parsed reply may hold integers too large for int64 (e.g. "[9223372036854775808]").
+    codes: dict[int, int] = {}
+    p = np.array([INVALID if int(v) == INVALID else codes.setdefault(int(v), len(codes)) for v in raw], dtype=int)
     return t, p
 
 

@@ -1,0 +1,84 @@
+"""Label parsing (icc_utils.parsing): never raises, first list wins, pad/truncate rules."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icc_utils.metrics import score
+from icc_utils.parsing import INVALID, is_well_formed, parse_labels
+
+ANY_REPLY = st.one_of(
+    st.none(), st.text(), st.integers(), st.floats(allow_nan=True), st.binary(), st.booleans(),
+    st.lists(st.integers(-5, 5)),
+    # text that looks like a list of labels, with noise around it
+    st.builds(lambda pre, xs, post, sep: pre + "[" + sep.join(map(str, xs)) + "]" + post,
+              st.text(max_size=20), st.lists(st.integers(-10**30, 10**30), max_size=60), st.text(max_size=20),
+              st.sampled_from([",", ", ", " , ", ",\n"])),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(reply=ANY_REPLY, n=st.integers(0, 60))
+def test_parse_never_raises_and_returns_n_labels(reply, n):
+    labels = parse_labels(reply, n)
+    assert isinstance(labels, list) and len(labels) == n
+    assert all(type(l) is int and l >= INVALID for l in labels)
+    is_well_formed(reply, n, 3)  # never raises either
+
+
+@settings(max_examples=300, deadline=None)
+@given(reply=ANY_REPLY, y=st.lists(st.integers(0, 4), min_size=1, max_size=40))
+def test_scoring_a_parsed_reply_never_raises(reply, y):
+    s = score(y, parse_labels(reply, len(y)))
+    assert 0.0 <= s["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("n", [None, "x", -3, 2.5])
+def test_odd_lengths(n):
+    out = parse_labels("[0, 1]", n)
+    assert isinstance(out, list)
+    if n == 2.5:
+        assert out == [0, 1]
+    else:
+        assert out == []
+
+
+def test_first_list_wins():
+    assert parse_labels("Labels: [0, 1, 1] or maybe [1, 0, 0]", 3) == [0, 1, 1]
+    assert parse_labels("[[0, 1], [1, 0]]", 2) == [0, 1]
+    # a list of numbers that are not integers (the data echoed back) is not a list of labels
+    assert parse_labels("Data: [1.5, 2.25] Labels: [1, 0]", 2) == [1, 0]
+
+
+def test_pad_truncate_and_invalid():
+    assert parse_labels("[0, 1]", 4) == [0, 1, -1, -1]
+    assert parse_labels("[0, 1, 2, 3]", 2) == [0, 1]
+    assert parse_labels("[0, -2, 1]", 3) == [0, -1, 1]
+    assert parse_labels("I cannot cluster this.", 3) == [-1, -1, -1]
+    assert parse_labels("", 2) == [-1, -1]
+    assert parse_labels(None, 2) == [-1, -1]
+    assert parse_labels(b"[0, 1]", 2) == [-1, -1]
+    assert parse_labels("[0,1,]", 2) == [0, 1]
+    assert parse_labels("```python\n[ 0 ,\n 1 ]\n```", 2) == [0, 1]
+    assert parse_labels("[]", 2) == [-1, -1]
+    assert parse_labels("[0, 1", 2) == [-1, -1]  # unclosed: not a list
+
+
+def test_is_well_formed():
+    assert is_well_formed("[0, 1, 2]", 3)
+    assert is_well_formed("[0, 1, 2]", 3, 3)
+    assert not is_well_formed("[0, 1, 3]", 3, 3)
+    assert not is_well_formed("[0, 1]", 3)
+    assert not is_well_formed("[0, -1, 1]", 3)
+    assert not is_well_formed(None, 3)
+
+
+def test_parsing_is_fast_on_long_garbage():
+    text = "[" + ", ".join("1" for _ in range(20000))  # unclosed list: no catastrophic backtracking
+    t0 = time.perf_counter()
+    assert parse_labels(text + " [0]", 1) == [0]
+    assert parse_labels("[" * 20000, 3) == [-1, -1, -1]
+    assert time.perf_counter() - t0 < 2.0
