@@ -1,0 +1,230 @@
+"""Seeded episodes (icc_utils.data): determinism, seeds, non-empty clusters, distributions, files."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import skew
+
+from icc_utils.data import (PAPER_DFS, Episode, canonical_labels, cell_counts, episode_seed, generate_episode,
+                            load_episodes, make_grid, make_training_set, normalise_distribution, permute_episode,
+                            save_episodes, select, verify_manifest, write_manifest)
+
+
+def _same(a: Episode, b: Episode) -> bool:
+    return a.to_dict() == b.to_dict()
+
+
+# ---------------------------------------------------------------- determinism and seeds
+
+def test_same_seed_same_episode():
+    a = generate_episode(123, "t", 3, 2, 1.5)
+    b = generate_episode(123, "t", 3, 2, 1.5)
+    assert _same(a, b)
+    assert not _same(a, generate_episode(124, "t", 3, 2, 1.5))
+
+
+def test_grid_is_deterministic_and_prefix_stable():
+    g1 = make_grid("t", [2, 3], [1, 2], [1.0, 100.0], 3, root_seed=0)
+    g2 = make_grid("t", [2, 3], [1, 2], [1.0, 100.0], 3, root_seed=0)
+    assert [e.to_dict() for e in g1] == [e.to_dict() for e in g2]
+    assert len(g1) == 2 * 2 * 2 * 3
+    # a smaller profile's episodes are the first ones of a larger profile's, cell by cell
+    big = make_grid("t", [2, 3], [1, 2], [1.0, 100.0], 5, root_seed=0)
+    assert [e.to_dict() for e in select(big, n_per_cell=3)] == [e.to_dict() for e in g1]
+    other_root = make_grid("t", [2, 3], [1, 2], [1.0, 100.0], 3, root_seed=1)
+    assert not {e.seed for e in g1} & {e.seed for e in other_root}
+    assert len({e.id for e in big}) == len(big)
+
+
+def test_different_cells_and_splits_give_different_seeds():
+    base = dict(root_seed=0, split="test", distribution="t", n_clusters=3, dim=2, df=1.5, index=0)
+    seeds = {episode_seed(**base)}
+    variants = [dict(split="train"), dict(split="val"), dict(distribution="lognormal", df=None),
+                dict(distribution="gaussian", df=None), dict(n_clusters=4), dict(dim=3), dict(df=1.25),
+                dict(index=1), dict(root_seed=1)]
+    for v in variants:
+        seeds.add(episode_seed(**{**base, **v}))
+    assert len(seeds) == 1 + len(variants)
+    assert episode_seed(**base) == episode_seed(**base)
+
+
+def test_train_seeds_disjoint_from_test_seeds():
+    train = make_training_set(300, root_seed=0)
+    test = make_grid("t", [2, 3, 4, 5], [1, 2, 3, 4], PAPER_DFS, 3, root_seed=0)
+    assert not {e.seed for e in train} & {e.seed for e in test}
+    assert len({e.seed for e in train}) == len(train)
+    assert {e.params["df"] for e in train} <= {1.0, 2.0, 5.0, 100.0}
+    assert _same(train[7], make_training_set(8, root_seed=0)[7])  # prefix stable too
+
+
+# ---------------------------------------------------------------- structure
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**63 - 1), c=st.integers(1, 8), d=st.integers(1, 5),
+       extra=st.integers(0, 40), dist=st.sampled_from(["t", "gaussian", "lognormal"]),
+       df=st.sampled_from([1.0, 1.25, 2.0, 100.0]))
+def test_every_cluster_non_empty_and_labels_canonical(seed, c, d, extra, dist, df):
+    ep = generate_episode(seed, dist, c, d, df if dist == "t" else None, n_points=c + extra)
+    labels = ep.labels
+    assert len(labels) == len(ep.points) == c + extra == ep.n_points
+    assert sorted(set(labels)) == list(range(c))  # every cluster non-empty
+    assert labels == canonical_labels(labels)
+    assert labels[0] == 0
+    seen = -1
+    for l in labels:  # first appearances come in order 0, 1, 2, ...
+        assert l <= seen + 1
+        seen = max(seen, l)
+    assert all(len(p) == d for p in ep.points)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**63 - 1), lo=st.integers(5, 30), width=st.integers(0, 30))
+def test_length_range_respected(seed, lo, width):
+    ep = generate_episode(seed, "t", 5, 2, 2.0, length_range=(lo, lo + width))
+    assert lo <= ep.n_points <= lo + width
+
+
+def test_points_have_two_decimals():
+    for ep in make_grid("t", [2, 5], [1, 4], [1.0, 100.0], 4, root_seed=3) + \
+            make_grid("lognormal", [3], [2], [None], 4, root_seed=3):
+        for p in ep.points:
+            for x in p:
+                assert isinstance(x, float)
+                assert abs(x * 100 - round(x * 100)) < 1e-6
+                assert math.copysign(1.0, x) == 1.0 or x != 0.0  # no -0.0
+
+
+def test_canonical_labels():
+    assert canonical_labels([2, 2, 0, 1, 0]) == [0, 0, 1, 2, 1]
+    assert canonical_labels([]) == []
+    assert canonical_labels(np.array([5, 3, 5])) == [0, 1, 0]
+
+
+def test_permute_episode_keeps_points_and_recanonicalises():
+    ep = generate_episode(7, "t", 4, 2, 5.0)
+    perm = permute_episode(ep, seed=1)
+    assert sorted(map(tuple, perm.points)) == sorted(map(tuple, ep.points))
+    assert perm.labels == canonical_labels(perm.labels)
+    pairs = {tuple(p): l for p, l in zip(ep.points, ep.labels)}
+    pairs_perm = {tuple(p): l for p, l in zip(perm.points, perm.labels)}
+    # the same partition (up to relabelling)
+    mapping = {}
+    for p, l in pairs.items():
+        assert mapping.setdefault(l, pairs_perm[p]) == pairs_perm[p]
+    assert perm.id != ep.id and perm.params["permutation_seed"] == 1
+
+
+# ---------------------------------------------------------------- distributions
+
+def _noise_1d(dist, df=None, n=4000, seed=11):
+    ep = generate_episode(seed, dist, 1, 1, df, n_points=n)
+    return np.array(ep.points)[:, 0]
+
+
+def test_t_heavier_tails_at_small_df():
+    ratios = {}
+    for df in (1.0, 100.0):
+        x = _noise_1d("t", df)
+        dev = np.abs(x - np.median(x))
+        ratios[df] = dev.max() / np.median(dev)
+    assert ratios[1.0] > 10 * ratios[100.0]
+
+
+def test_gaussian_is_t_with_infinite_df():
+    assert normalise_distribution("t", float("inf")) == ("gaussian", None)
+    a = generate_episode(5, "t", 3, 2, float("inf"))
+    b = generate_episode(5, "gaussian", 3, 2)
+    assert _same(a, b) and a.params["distribution"] == "gaussian" and a.params["df"] is None
+    x = _noise_1d("gaussian")
+    dev = np.abs(x - np.median(x))
+    assert dev.max() / np.median(dev) < 8  # about 4 sigma / 0.674 sigma for n=4000
+
+
+def test_lognormal_skewed_positive():
+    ep = generate_episode(3, "lognormal", 3, 2, n_points=900)
+    pts, labels = np.array(ep.points), np.array(ep.labels)
+    for k in range(3):
+        for j in range(2):
+            assert skew(pts[labels == k, j]) > 0.5
+    # and symmetric noise is not systematically skewed
+    ep = generate_episode(3, "gaussian", 3, 2, n_points=900)
+    pts, labels = np.array(ep.points), np.array(ep.labels)
+    assert max(abs(skew(pts[labels == k, j])) for k in range(3) for j in range(2)) < 0.5
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(distribution="uniform"), "distribution"),
+    (dict(df=0.0), "df"),
+    (dict(df=-1.0), "df"),
+    (dict(df=None), "df"),
+    (dict(n_clusters=0), "n_clusters"),
+    (dict(n_clusters=2.5), "n_clusters"),
+    (dict(dim=0), "dim"),
+    (dict(length_range=(5, 1)), "length_range"),
+    (dict(length_range=(0, 3)), "length_range"),
+    (dict(n_points=2, n_clusters=3), "n_points"),
+])
+def test_bad_inputs_name_the_parameter(kwargs, name):
+    args = dict(seed=0, distribution="t", n_clusters=3, dim=2, df=2.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        generate_episode(**args)
+
+
+def test_bad_grid_inputs_name_the_parameter():
+    with pytest.raises(ValueError, match="split"):
+        episode_seed(0, "dev", "t", 2, 1, 1.0, 0)
+    with pytest.raises(ValueError, match="n_episodes"):
+        make_grid("t", [2], [1], [1.0], 0, root_seed=0)
+    with pytest.raises(ValueError, match="n_clusters"):
+        make_grid("t", [1], [1], [1.0], 1, root_seed=0)
+    with pytest.raises(ValueError, match="dim"):
+        make_grid("t", [2], [0], [1.0], 1, root_seed=0)
+    with pytest.raises(ValueError, match="distribution"):
+        make_grid("cauchy", [2], [1], [1.0], 1, root_seed=0)
+    with pytest.raises(ValueError, match="n_episodes"):
+        make_training_set(-1, root_seed=0)
+
+
+# ---------------------------------------------------------------- files
+
+def test_save_load_round_trip(tmp_path):
+    eps = make_grid("t", [2, 3], [2], [1.5], 3, root_seed=0) + make_grid("lognormal", [2], [1], [None], 2, 0)
+    path = save_episodes(tmp_path / "test.jsonl", eps)
+    back = load_episodes(path)
+    assert [e.to_dict() for e in back] == [e.to_dict() for e in eps]
+    assert all(isinstance(e, Episode) for e in back)
+    # byte-identical when written again
+    save_episodes(tmp_path / "again.jsonl", back)
+    assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()
+    assert select(back, distribution="t", n_clusters=[3]) == [e for e in back if e.params["n_clusters"] == 3
+                                                             and e.params["distribution"] == "t"]
+    assert cell_counts(back) == {"lognormal-c2-d1": 2, "t-c2-d2-df1.5": 3, "t-c3-d2-df1.5": 3}
+    with pytest.raises(FileNotFoundError, match="00_data"):
+        load_episodes(tmp_path / "missing.jsonl")
+
+
+def test_manifest_detects_modified_and_missing_files(tmp_path):
+    test = save_episodes(tmp_path / "test.jsonl", make_grid("t", [2], [1], [1.0], 3, 0))
+    train = save_episodes(tmp_path / "train.jsonl", make_training_set(5, 0))
+    manifest = write_manifest(tmp_path / "manifest.json", {"test": test, "train": train}, {"seed": 0})
+    assert manifest["files"]["test"]["n_episodes"] == 3 and manifest["files"]["train"]["n_episodes"] == 5
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert verify_manifest(tmp_path / "manifest.json") == []
+    # regenerating identical data verifies
+    save_episodes(tmp_path / "test.jsonl", make_grid("t", [2], [1], [1.0], 3, 0))
+    assert verify_manifest(tmp_path / "manifest.json") == []
+    # one changed digit is detected
+    text = test.read_text()
+    test.write_text(text.replace("0", "1", 1))
+    problems = verify_manifest(tmp_path / "manifest.json")
+    assert len(problems) == 1 and problems[0].startswith("test:")
+    train.unlink()
+    assert any(p.startswith("train:") and "missing" in p for p in verify_manifest(tmp_path / "manifest.json"))
