@@ -155,6 +155,14 @@ def environment_info() -> dict:
     }
 
 
+def _display_path(path: Path) -> str:
+    """A path relative to the project root when inside it (RUNINFO.json stays machine-independent)."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -212,7 +220,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     for i, (nb, params) in enumerate(plan, 1):
         out_path = out_dir / nb.name
         log(f"[{i}/{len(plan)}] {nb.name} (profile={profile}) ...")
-        entry = {"status": "running", "started": _now(), "seconds": None, "output": str(out_path),
+        entry = {"status": "running", "started": _now(), "seconds": None, "output": _display_path(out_path),
                  "parameters": params, "commit": info.get("commit")}
         info["notebooks"][nb.name] = entry
         write_json(info_path, info)
