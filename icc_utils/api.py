@@ -76,26 +76,15 @@ class OpenAIChatModel:
                  backoff_base: float = 1.0, backoff_max: float = 60.0, max_workers: int = 1, seed: int = 0):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model={model!r} is not allowed; give the served model name, e.g. 'gpt-4o'")
-        if int(max_retries) < 0:
-            raise ValueError(f"max_retries={max_retries!r} is out of range; it must be an integer >= 0")
-        if not float(timeout) > 0:
-            raise ValueError(f"timeout={timeout!r} is out of range; it must be > 0 seconds")
-        if max_tokens is not None and int(max_tokens) < 1:
-            raise ValueError(f"max_tokens={max_tokens!r} is out of range; it must be None or an integer >= 1")
-        if not (float(backoff_base) >= 0 and float(backoff_max) >= 0):
-            raise ValueError(f"backoff_base={backoff_base!r}, backoff_max={backoff_max!r} are out of range; "
-                             "both must be >= 0 seconds")
-        if int(max_workers) < 1:
-            raise ValueError(f"max_workers={max_workers!r} is out of range; it must be an integer >= 1")
+        self.max_retries = _number("max_retries", max_retries, int, 0)
+        self.timeout = _number("timeout", timeout, float, 0.0, strict=True)
+        self.max_tokens = None if max_tokens is None else _number("max_tokens", max_tokens, int, 1)
+        self.backoff_base = _number("backoff_base", backoff_base, float, 0.0)
+        self.backoff_max = _number("backoff_max", backoff_max, float, 0.0)
+        self.max_workers = _number("max_workers", max_workers, int, 1)
         self.name = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
         key = (api_key or os.environ.get("OPENAI_API_KEY") or "").strip() or None
-        self.max_retries = int(max_retries)
-        self.timeout = float(timeout)
-        self.max_tokens = None if max_tokens is None else int(max_tokens)
-        self.backoff_base = float(backoff_base)
-        self.backoff_max = float(backoff_max)
-        self.max_workers = int(max_workers)
         self.server = server_label(self.base_url)
         #: Called with the number of seconds to wait between retries (tests replace it).
         self.sleep: Callable[[float], None] = time.sleep
@@ -132,11 +121,11 @@ class OpenAIChatModel:
         return text
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry ``attempt`` (0-based): ``base * 2**attempt`` capped, +0-25% jitter."""
-        delay = min(self.backoff_max, self.backoff_base * 2 ** attempt)
+        """Seconds to wait before retry ``attempt`` (0-based): ``base * 2**attempt`` plus 0-25% seeded
+        jitter, at most ``backoff_max``."""
         with self._lock:
             jitter = self.rng.random()
-        return delay * (1.0 + 0.25 * jitter)
+        return min(self.backoff_max, self.backoff_base * 2 ** attempt * (1.0 + 0.25 * jitter))
 
     def chat(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str, dict]:
         """Send one chat request (greedy) and return ``(reply_text, usage)``.
@@ -278,7 +267,21 @@ class OpenAIChatModel:
                           cached=cached, usage=dict(usage))
 
 
-# ---------------------------------------------------------------- error details
+# ---------------------------------------------------------------- helpers
+
+def _number(name: str, value, kind: type, lo: float, strict: bool = False):
+    """``value`` as ``kind`` (int or float), checked to be >= ``lo`` (> if ``strict``); a clear error otherwise."""
+    try:
+        number = kind(value)
+        ok = (number > lo if strict else number >= lo) and (kind is float or float(value) == number)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        bound = f"{'>' if strict else '>='} {lo:g}"
+        raise ValueError(f"{name}={value!r} is out of range; it must be {what} {bound}")
+    return number
+
 
 def _server_message(exc) -> str:
     """The server's own error message from an ``openai.APIStatusError``."""
