@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -26,6 +27,25 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- profiles
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``5e-4`` and ``1E6`` as floats (plain YAML 1.1 keeps them as text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML like the profiles are parsed (safe; ``5e-4`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
 
 def _dir(profiles_dir: str | Path | None) -> Path:
     return Path(profiles_dir) if profiles_dir is not None else PROFILES_DIR
@@ -56,7 +76,7 @@ def profile_path(name: str, profiles_dir: str | Path | None = None) -> Path:
 def load_profile(name: str, profiles_dir: str | Path | None = None) -> dict:
     """The parameters of a profile as a flat dict (``profile`` is always set to ``name``)."""
     path = profile_path(name, profiles_dir)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a flat mapping of parameter names to values, got {type(data).__name__}")
     bad = [k for k in data if not isinstance(k, str) or not k.isidentifier()]

@@ -263,8 +263,10 @@ def _parse_value(text: str):
     """A ``-p`` value as YAML (``3`` -> int, ``0.5`` -> float, ``[a, b]`` -> list, ``true``), else the string."""
     import yaml
 
+    from .profiles import load_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     return text if value is None and text.strip() not in ("null", "~", "None") else value

@@ -5,11 +5,12 @@ import math
 
 import nbformat
 import pytest
+import yaml
 
 from icc_utils import NOTEBOOKS_DIR
 from icc_utils.profiles import (available_profiles, check_choice, check_int, check_length_range, check_models,
-                                check_number, check_profile, check_subset, load_profile, notebook_parameters,
-                                parameters_for)
+                                check_number, check_profile, check_subset, load_profile, load_yaml,
+                                notebook_parameters, parameters_for, profile_path)
 from icc_utils.runner import find_notebooks
 
 #: The notebooks every profile is written for; until all exist, an undeclared key only skips.
@@ -102,6 +103,20 @@ def test_every_profile_loads(name):
     prof = load_profile(name)
     assert isinstance(prof, dict) and prof["profile"] == name
     assert all(isinstance(k, str) and k.isidentifier() for k in prof)
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_profile_reads_the_same_with_papermill_f(name):
+    """``papermill -f profile.yml`` parses with plain yaml.safe_load: the values must not differ
+    (write 5.0e-4, not 5e-4, which plain YAML 1.1 reads as text)."""
+    text = profile_path(name).read_text()
+    assert yaml.safe_load(text) == load_yaml(text)
+
+
+def test_load_yaml_reads_scientific_notation():
+    assert load_yaml("lr: 5e-4\nn: 3\nx: [1E6, .inf, 1.5]\ns: e5") == {"lr": 5e-4, "n": 3, "x": [1e6, math.inf, 1.5],
+                                                                      "s": "e5"}
+    assert yaml.safe_load("lr: 5e-4") == {"lr": "5e-4"}  # why load_yaml exists
 
 
 def test_unknown_profile_is_a_clear_error():

@@ -114,3 +114,12 @@ def test_bad_arguments_fail_before_running_anything(project, capsys):
     assert main(["--profile", "tiny", "--list", "-p", "n", "[1, 2]"], **project) == 0
     listing = capsys.readouterr().out
     assert "00_first.ipynb" in listing and "'n': [1, 2]" in listing
+
+
+def test_parameter_values_are_read_as_yaml():
+    from icc_utils.runner import _parse_value
+
+    assert _parse_value("3") == 3 and _parse_value("5e-4") == 5e-4 and _parse_value("[1, 2]") == [1, 2]
+    assert _parse_value("true") is True and _parse_value("float32") == "float32"
+    assert _parse_value("[embedded, kmeans]") == ["embedded", "kmeans"]
+    assert _parse_value("null") is None and _parse_value("") == "" and _parse_value("a: [") == "a: ["
