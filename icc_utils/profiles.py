@@ -21,8 +21,8 @@ from . import PROFILES_DIR
 
 __all__ = [
     "available_profiles", "load_profile", "profile_path",
-    "check_profile", "check_choice", "check_subset", "check_int", "check_number", "check_models",
-    "check_length_range", "notebook_parameters", "parameters_for",
+    "check_profile", "check_choice", "check_subset", "check_int", "check_number", "check_numbers", "check_models",
+    "check_length_range", "notebook_parameters", "parameters_for", "load_yaml", "undeclared_keys",
 ]
 
 
@@ -93,14 +93,25 @@ def load_profile(name: str, profiles_dir: str | Path | None = None) -> dict:
 
 # ---------------------------------------------------------------- validators
 
+def _is_allowed(value, allowed: list) -> bool:
+    """``value in allowed``, but ``True`` is not ``1`` and ``2.0`` is not the integer ``2``."""
+    for a in allowed:
+        try:
+            equal = bool(value == a)
+        except Exception:  # noqa: BLE001 - odd types: not equal
+            equal = False
+        if not equal or isinstance(value, bool) != isinstance(a, bool):
+            continue
+        if isinstance(a, numbers.Integral) and not isinstance(value, numbers.Integral):
+            continue
+        return True
+    return False
+
+
 def check_choice(name: str, value, allowed: Sequence):
     """``value`` if it is one of ``allowed``."""
     allowed = list(allowed)
-    try:
-        ok = value in allowed
-    except TypeError:  # unhashable in a set-like container
-        ok = False
-    if not ok:
+    if not _is_allowed(value, allowed):
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")
     return value
 
@@ -110,7 +121,7 @@ def check_subset(name: str, values, allowed: Sequence) -> list:
     allowed = list(allowed)
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
         raise ValueError(f"{name}={values!r} must be a list of values from {allowed}")
-    bad = [v for v in values if v not in allowed]
+    bad = [v for v in values if not _is_allowed(v, allowed)]
     if bad:
         raise ValueError(f"{name}={list(values)!r} has values that are not allowed: {bad}; "
                          f"each element must be one of {allowed}")
@@ -148,6 +159,13 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     if not ok:
         raise ValueError(f"{name}={value!r} is out of range; it must be a number {_range_text(lo, hi)}")
     return float(value)
+
+
+def check_numbers(name: str, values, lo: float | None = None, hi: float | None = None) -> list[float]:
+    """``values`` as a list of floats if it is a list (or tuple) of real numbers, each in ``[lo, hi]``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name}={values!r} must be a list of numbers {_range_text(lo, hi)}")
+    return [check_number(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(values)]
 
 
 def check_models(name: str, values) -> list[str]:

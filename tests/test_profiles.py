@@ -9,7 +9,7 @@ import yaml
 
 from icc_utils import NOTEBOOKS_DIR
 from icc_utils.profiles import (available_profiles, check_choice, check_int, check_length_range, check_models,
-                                check_number, check_profile, check_subset, load_profile, load_yaml,
+                                check_number, check_numbers, check_profile, check_subset, load_profile, load_yaml,
                                 notebook_parameters, parameters_for, profile_path)
 from icc_utils.runner import find_notebooks
 
@@ -45,6 +45,27 @@ def test_check_subset():
     for not_a_list in (3, "12", None, {1, 2}):
         with pytest.raises(ValueError, match=r"dims=.*list"):
             check_subset("dims", not_a_list, [1, 2, 3, 4])
+
+
+def test_bools_and_floats_are_not_integers_in_choices():
+    with pytest.raises(ValueError, match="dims"):
+        check_subset("dims", [True], range(1, 5))
+    with pytest.raises(ValueError, match="dims"):
+        check_subset("dims", [2.0], range(1, 5))
+    with pytest.raises(ValueError, match="modes"):
+        check_subset("modes", [0, 1], [False, True])
+    assert check_subset("modes", [True, False], [False, True]) == [True, False]
+    assert check_subset("dfs", [1, 2.5], [1.0, 2.5, 5.0]) == [1, 2.5]  # an int where floats are allowed is fine
+    with pytest.raises(ValueError, match="c=2.0"):
+        check_choice("c", 2.0, [2, 3])
+
+
+def test_check_numbers():
+    assert check_numbers("dfs", [1, 1.25, float("inf")], lo=0.01) == [1.0, 1.25, math.inf]
+    with pytest.raises(ValueError, match=r"dfs\[1\]=0 .*>= 0.01"):
+        check_numbers("dfs", [1, 0], lo=0.01)
+    with pytest.raises(ValueError, match="dfs=2 must be a list"):
+        check_numbers("dfs", 2, lo=0.01)
 
 
 def test_check_int():
