@@ -232,6 +232,12 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
         except PapermillExecutionError as exc:
             failure = NotebookFailed(nb.name, out_path, exc.cell_index, exc.exec_count, exc.ename, exc.evalue,
                                      exc.source, _source_cell_index(nb, exc.cell_index, bool(params)))
+        except KeyboardInterrupt:
+            entry.update({"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2), "finished": _now()})
+            info.update({"status": "interrupted", "finished": _now()})
+            write_json(info_path, info)
+            log(f"[{i}/{len(plan)}] {nb.name} interrupted; the partly executed notebook is at {out_path}")
+            raise
         except Exception as exc:  # kernel died, bad notebook file, ...
             failure = NotebookFailed(nb.name, out_path if out_path.exists() else None,
                                      ename=type(exc).__name__, evalue=str(exc))
@@ -311,6 +317,9 @@ def main(argv: Sequence[str] | None = None, notebooks_dir: str | Path | None = N
     except NotebookFailed as exc:
         print("\n" + exc.message(), file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return 130
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
