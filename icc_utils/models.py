@@ -209,8 +209,265 @@ def get_backend(name: str, **kwargs):
     return LocalChatModel(name, **kwargs)
 
 
-class LocalChatModel:  # implemented in the local-backend step
-    kind = "local"
+# ---------------------------------------------------------------- local transformers backend
 
-    def __init__(self, name: str, **kwargs):
-        raise NotImplementedError("LocalChatModel is being implemented")
+#: Default weights dtype of local models. Measured on the 2-core CPU this study targets
+#: (SmolLM2-135M, 8 x 660-token prompts): bf16 prefill is ~2.5x faster than fp32, and greedy
+#: decoding stays deterministic (see benchmarks/generation.py and the README).
+DEFAULT_LOCAL_DTYPE = "bfloat16"
+#: Tokens allowed beyond the canonical answer of an episode when max_new_tokens is automatic.
+ANSWER_SLACK_TOKENS = 16
+
+
+def _file_fingerprint(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class LocalChatModel:
+    """A local transformers chat model (the embedded SmolLM2 by default, any hub id or directory).
+
+    Greedy decoding is set explicitly (a fresh ``GenerationConfig``; the hub generation config's
+    sampling settings are never inherited), prompts are rendered with the model's own chat
+    template, generation is batched with left padding after sorting prompts by length, and
+    every reply goes to the :class:`~icc_utils.cache.ReplyCache` as soon as its batch finishes.
+
+    ``max_new_tokens=None`` (automatic) gives each batch enough tokens for the canonical answer
+    ``[0, 1, ...]`` of its longest episode (measured with the tokenizer, widest labels) plus
+    :data:`ANSWER_SLACK_TOKENS`. ``constrained=True`` forces the reply to be exactly ``n`` labels
+    in ``0..c-1`` (see :mod:`icc_utils.decoding`).
+    """
+
+    kind = "local"
+    available = True
+    unavailable_reason = ""
+
+    def __init__(self, name: str = "embedded", adapter: str | None = None, dtype: str = DEFAULT_LOCAL_DTYPE,
+                 batch_size: int = 8, max_new_tokens: int | None = None, device: str | None = None):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={dtype!r} is not allowed; choose one of ['float32', 'bfloat16', 'float16']")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is out of range; it must be an integer >= 1")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} is out of range; it must be None (automatic) "
+                             "or an integer >= 1")
+        self.source = name
+        self.adapter = str(Path(adapter).expanduser().resolve()) if adapter else None
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self.name = display_name(name) + (f"+{Path(self.adapter).name}" if self.adapter else "")
+        self.model_id = self._make_model_id()
+        self._model = None
+        self._tok = None
+        self._eos_ids: list[int] = []
+        self._pad_id: int | None = None
+        self._budget_memo: dict = {}
+
+    # ------------------------------------------------------------ identity and loading
+
+    def _make_model_id(self) -> str:
+        if self.source in EMBEDDED_ALIASES:
+            base = EMBEDDED_NAME
+        elif Path(self.source).expanduser().is_dir():
+            base = str(Path(self.source).expanduser().resolve())
+        else:
+            base = self.source
+        if self.adapter:
+            weights = [p for p in (Path(self.adapter) / "adapter_model.safetensors",
+                                   Path(self.adapter) / "adapter_model.bin") if p.exists()]
+            fp = _file_fingerprint(weights[0]) if weights else "missing"
+            base += f"+adapter:{self.adapter}@{fp}"
+        return f"{base}|{self.dtype}"
+
+    def load(self):
+        """Load (once) and return ``(model, tokenizer)``; the tokenizer pads on the left."""
+        if self._model is None:
+            from transformers import GenerationConfig
+
+            model, tok = load_model_and_tokenizer(self.source, adapter=self.adapter, dtype=self.dtype,
+                                                  device=self.device)
+            tok.padding_side = "left"
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            hub_eos = getattr(base.generation_config, "eos_token_id", None)
+            hub_eos = hub_eos if isinstance(hub_eos, (list, tuple)) else [hub_eos]
+            eos = [tok.eos_token_id] + [e for e in hub_eos if e is not None]
+            self._eos_ids = list(dict.fromkeys(int(e) for e in eos if e is not None))
+            self._pad_id = int(tok.pad_token_id)
+            # Forget the hub's generation settings (sampling, repetition penalty, ...): generate()
+            # fills every unset field from model.generation_config, so it must hold only ids.
+            base.generation_config = GenerationConfig(bos_token_id=getattr(tok, "bos_token_id", None),
+                                                      eos_token_id=self._eos_ids, pad_token_id=self._pad_id)
+            self._model, self._tok = model, tok
+        return self._model, self._tok
+
+    @property
+    def tokenizer(self):
+        return self.load()[1]
+
+    @property
+    def model(self):
+        return self.load()[0]
+
+    def render(self, episode, known_k: bool = True) -> str:
+        """The episode's prompt rendered with the model's chat template (ends with the assistant header)."""
+        from .prompts import episode_messages, render_chat
+
+        return render_chat(self.tokenizer, episode_messages(episode, known_k))
+
+    # ------------------------------------------------------------ decoding settings
+
+    def generation_config(self, max_new_tokens: int):
+        """A fresh, fully explicit greedy ``GenerationConfig`` (nothing inherited from the hub)."""
+        from transformers import GenerationConfig
+
+        self.load()
+        return GenerationConfig(
+            do_sample=False, num_beams=1, max_new_tokens=int(max_new_tokens), min_new_tokens=None, min_length=0,
+            temperature=1.0, top_p=1.0, top_k=50, typical_p=1.0, repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, bad_words_ids=None,
+            suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
+            num_return_sequences=1, use_cache=True, pad_token_id=self._pad_id, eos_token_id=self._eos_ids,
+            bos_token_id=getattr(self._tok, "bos_token_id", None))
+
+    def decoding_settings(self, constrained: bool = False) -> dict:
+        """What the cache key records about decoding."""
+        policy = self.max_new_tokens if self.max_new_tokens is not None else f"answer_tokens+{ANSWER_SLACK_TOKENS}"
+        d = {"greedy": True, "constrained": bool(constrained), "max_new_tokens": policy, "dtype": self.dtype}
+        if constrained:
+            d["constraint"] = "n labels in 0..c-1 as [l0, l1, ...]; unknown k: 0..min(n,10)-1"
+        return d
+
+    def answer_budget(self, n_points: int, n_clusters: int | None = None, constrained: bool = False) -> int:
+        """New tokens allowed for one episode: its widest canonical answer's tokens + slack."""
+        from .decoding import longest_answer_chars, max_label
+        from .prompts import answer_text
+
+        key = (int(n_points), n_clusters, bool(constrained))
+        if key not in self._budget_memo:
+            tok = self.tokenizer
+            top = max_label(n_points, n_clusters)
+            widest = [top] * int(n_points)
+            cycling = [i % (top + 1) for i in range(int(n_points))]
+            n_tok = max(len(tok(answer_text(labels), add_special_tokens=False).input_ids)
+                        for labels in (widest, cycling))
+            budget = n_tok + ANSWER_SLACK_TOKENS
+            if constrained:  # every allowed token has >= 1 character: this always completes the answer
+                budget = max(budget, longest_answer_chars(n_points, n_clusters) + 1)
+            self._budget_memo[key] = budget
+        return self._budget_memo[key]
+
+    def max_new_tokens_for(self, n_points=None, n_clusters=None, constrained: bool = False) -> int:
+        """``max_new_tokens`` for one batch (fixed, or automatic from the rows' episode sizes)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if n_points is None:
+            raise ValueError("max_new_tokens is automatic (None): pass n_points (one per prompt), "
+                             "or construct LocalChatModel(max_new_tokens=...)")
+        cs = list(n_clusters) if n_clusters is not None else [None] * len(n_points)
+        return max(self.answer_budget(n, c, constrained) for n, c in zip(n_points, cs))
+
+    # ------------------------------------------------------------ generation
+
+    def plan_batches(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Indices of ``prompts`` grouped in batches of similar length (longest first)."""
+        tok = self.tokenizer
+        lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False).input_ids] if prompts else []
+        order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def generate_batch(self, prompts: Sequence[str], n_points=None, n_clusters=None,
+                       constrained: bool = False) -> list[dict]:
+        """Generate for one batch of rendered prompts; returns ``{"reply", "usage"}`` per prompt."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        model, tok = self.load()
+        if constrained and n_points is None:
+            raise ValueError("constrained decoding needs n_points (one per prompt)")
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        max_new = self.max_new_tokens_for(n_points, n_clusters, constrained)
+        processors = LogitsProcessorList()
+        if constrained:
+            from .decoding import AnswerConstraintProcessor
+            processors.append(AnswerConstraintProcessor(tok, n_points, n_clusters, self._eos_ids))
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=self.generation_config(max_new),
+                                 logits_processor=processors)
+        prompt_len = enc["input_ids"].shape[1]
+        eos = set(self._eos_ids)
+        results = []
+        for row, ids in enumerate(out[:, prompt_len:].tolist()):
+            end = next((i for i, t in enumerate(ids) if t in eos), None)
+            completion = ids if end is None else ids[:end]
+            reply = tok.decode(completion, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            results.append({"reply": reply,
+                            "usage": {"prompt_tokens": int(enc["attention_mask"][row].sum()),
+                                      "completion_tokens": len(ids) if end is None else end + 1}})
+        return results
+
+    def generate(self, prompts: Sequence[str], n_points: Sequence[int] | None = None,
+                 n_clusters: Sequence[int | None] | None = None, constrained: bool = False) -> list[str]:
+        """Greedy replies to already-rendered chat prompts, in the input order.
+
+        ``n_points`` (and ``n_clusters``, None entries for unknown k) give each prompt's episode
+        size: they set the automatic ``max_new_tokens`` and, with ``constrained=True``, the
+        answer each row is forced into.
+        """
+        prompts = list(prompts)
+        replies: list[str | None] = [None] * len(prompts)
+        for batch in self.plan_batches(prompts):
+            ns = [n_points[i] for i in batch] if n_points is not None else None
+            cs = [n_clusters[i] for i in batch] if n_clusters is not None else None
+            for i, res in zip(batch, self.generate_batch([prompts[i] for i in batch], ns, cs, constrained)):
+                replies[i] = res["reply"]
+        return replies
+
+    def predict(self, episodes: Sequence, known_k: bool = True, constrained: bool = False, cache=None,
+                desc: str | None = None) -> list[Prediction]:
+        """Predict every episode; cached replies are reused and new ones cached batch by batch."""
+        from .cache import ReplyCache, cache_key
+
+        episodes = list(episodes)
+        cache = cache if cache is not None else ReplyCache(None)
+        prompts = [self.render(ep, known_k) for ep in episodes]
+        decoding = self.decoding_settings(constrained)
+        keys = [cache_key("local", self.model_id, p, decoding) for p in prompts]
+        was_cached = [k in cache for k in keys]
+        todo, seen = [], set()
+        for i, k in enumerate(keys):
+            if not was_cached[i] and k not in seen:
+                seen.add(k)
+                todo.append(i)
+        cs = [ep.n_clusters if known_k else None for ep in episodes]
+        with tqdm(total=len(episodes), desc=desc or self.name, leave=False) as bar:
+            bar.update(len(episodes) - len(todo))
+            for batch in self.plan_batches([prompts[i] for i in todo]):
+                idx = [todo[j] for j in batch]
+                results = self.generate_batch([prompts[i] for i in idx], [episodes[i].n_points for i in idx],
+                                              [cs[i] for i in idx], constrained)
+                for i, res in zip(idx, results):
+                    cache.put(keys[i], {"reply": res["reply"], "episode_id": episodes[i].id,
+                                        "model": self.model_id, "usage": res["usage"]})
+                bar.update(len(idx))
+        out = []
+        for i, ep in enumerate(episodes):
+            rec = cache.get(keys[i])
+            reply = rec["reply"]
+            usage = rec.get("usage") or {}
+            out.append(Prediction(ep.id, parse_labels(reply, ep.n_points), reply=reply,
+                                  well_formed=is_well_formed(reply, ep.n_points, cs[i]), cached=was_cached[i],
+                                  usage={"prompt_tokens": usage.get("prompt_tokens", 0),
+                                         "completion_tokens": usage.get("completion_tokens", 0)}))
+        return out
