@@ -407,8 +407,17 @@ class LocalChatModel:
                                  logits_processor=processors)
         prompt_len = enc["input_ids"].shape[1]
         eos = set(self._eos_ids)
+        # Each row keeps only its own budget: a short episode batched with a long one gets the
+        # reply it would get alone (greedy decoding is causal), so replies do not depend on
+        # which episodes share a batch.
+        if n_points is not None:
+            cs = list(n_clusters) if n_clusters is not None else [None] * len(n_points)
+            budgets = [self.max_new_tokens_for([n], [c], constrained) for n, c in zip(n_points, cs)]
+        else:
+            budgets = [max_new] * len(prompts)
         results = []
         for row, ids in enumerate(out[:, prompt_len:].tolist()):
+            ids = ids[:budgets[row]]
             end = next((i for i, t in enumerate(ids) if t in eos), None)
             completion = ids if end is None else ids[:end]
             reply = tok.decode(completion, skip_special_tokens=True, clean_up_tokenization_spaces=False)
