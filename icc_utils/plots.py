@@ -104,3 +104,132 @@ def plot_grid_accuracy(summary: pd.DataFrame, group: str = "name", size: float =
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ================================================================ attention (notebooks 02, 03) — section owned by
+# the attention notebooks; appended, keep other sections above/below untouched.
+
+def _attention_image(M: np.ndarray, log: bool = True, floor: float = 1e-6) -> np.ndarray:
+    """``log10`` of a matrix for display; exact zeros (masked blocks, causal zeros) become NaN (blank)."""
+    M = np.asarray(M, dtype=float)
+    out = np.where(M > 0, M, np.nan)
+    return np.log10(np.maximum(out, floor)) if log else out
+
+
+def _cluster_strip(ax, labels, n: int, offset: int = 0, axis: str = "both", size: float = 6):
+    """Coloured squares outside the axes marking each row/column's true cluster."""
+    cols = cluster_colors(int(max(labels)) + 1)
+    c = [cols[int(l)] for l in labels]
+    idx = np.arange(len(labels)) + offset
+    if axis in ("both", "y"):
+        ax.scatter(np.full(len(idx), -0.03 * n - 1), idx, c=c, marker="s", s=size, clip_on=False)
+    if axis in ("both", "x"):
+        ax.scatter(idx, np.full(len(idx), n + 0.03 * n), c=c, marker="s", s=size, clip_on=False)
+
+
+def plot_attention_matrix(M: np.ndarray, labels, ax=None, log: bool = True, title: str | None = None,
+                          with_answer: bool | None = None, colorbar: bool = True, strip_size: float = 6):
+    """One attention matrix with rows/columns ordered by true cluster and coloured strips marking clusters.
+
+    ``M``: ``m x m`` (``A^II``) or ``2m x 2m`` (``[[A^II, 0], [A^OI, A^OO]]``; detected from the shape, or
+    ``with_answer``). Log scale by default (log10; zeros blank).
+    """
+    M = np.asarray(M, dtype=float)
+    labels = np.asarray(labels)
+    m = len(labels)
+    with_answer = M.shape[0] == 2 * m if with_answer is None else with_answer
+    order = np.argsort(labels, kind="stable")
+    idx = np.concatenate([order, order + m]) if with_answer else order
+    img = _attention_image(M[np.ix_(idx, idx)], log)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    im = ax.imshow(img, cmap="viridis", interpolation="nearest")
+    n = img.shape[0]
+    strip = np.concatenate([labels[order], labels[order]]) if with_answer else labels[order]
+    _cluster_strip(ax, strip, n, size=strip_size)
+    if with_answer:
+        for v in (m - 0.5,):
+            ax.axhline(v, color="white", lw=0.8)
+            ax.axvline(v, color="white", lw=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log10 attention" if log else "attention")
+    return ax.figure
+
+
+def plot_attention_figure3(M: np.ndarray, episode, title: str, log: bool = True):
+    """Figure 3: the block matrix of one episode (ordered and coloured by true cluster) beside its data."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.35, 1]})
+    plot_attention_matrix(M, episode.labels, ax=axes[0], log=log, title=title)
+    x = np.asarray(episode.points, dtype=float)
+    cols = cluster_colors(episode.n_clusters)
+    y = x[:, 1] if x.shape[1] > 1 else np.zeros(len(x))
+    axes[1].scatter(x[:, 0], y, c=[cols[l] for l in episode.labels], s=18)
+    for i, (a, b) in enumerate(zip(x[:, 0], y)):
+        axes[1].annotate(str(i), (a, b), fontsize=6, alpha=0.6)
+    axes[1].set_title(f"the episode (points numbered in prompt order), d={episode.dim}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_grid(mats, labels, titles, ncols: int = 6, log: bool = True, size: float = 2.3,
+                        suptitle: str | None = None, label_list=None):
+    """A grid of attention matrices (Figure 8: layers; Figure 10: heads; Figure 9: df), each ordered and
+    coloured by true cluster. ``label_list`` gives one label vector per matrix (else ``labels`` for all)."""
+    n = len(mats)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        lab = label_list[k] if label_list is not None else labels
+        plot_attention_matrix(mats[k], lab, ax=ax, log=log, title=titles[k], colorbar=False, strip_size=2)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_preprocessing_steps(steps: dict, labels, size: float = 3.0):
+    """Figure 11: each stage of the Appendix B.2 preprocessing (linear colour scale), ordered by true cluster."""
+    n = len(steps)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.5, size + 0.3), squeeze=False)
+    for ax, (name, M) in zip(axes[0], steps.items()):
+        plot_attention_matrix(M, labels, ax=ax, log=False, title=name, colorbar=True, strip_size=3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, fixed_layer: int | None = None,
+                      group: str = "dim", ax=None, title: str | None = None):
+    """Figure 3's inset: mean spectral-clustering accuracy (± 1 s.e.) per layer, one line per ``group``,
+    with generation accuracy as horizontal lines (``gen``: columns ``group``, ``method``, ``accuracy``)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+    else:
+        fig = ax.figure
+    for i, (key, g) in enumerate(per_layer.groupby(group, sort=True)):
+        color = plt.get_cmap("tab10")(i % 10)
+        g = g.sort_values("layer")
+        ax.errorbar(g["layer"], g["accuracy"], yerr=g["accuracy_se"], marker="o", ms=3, capsize=2, color=color,
+                    label=f"SC on A^II, {group}={key}")
+        if gen is not None and len(gen):
+            for j, (method, h) in enumerate(gen[gen[group] == key].groupby("method", sort=True)):
+                ax.axhline(float(h["accuracy"].mean()), color=color, ls=["--", ":", "-."][j % 3], lw=1.2,
+                           label=f"{method}, {group}={key}")
+    if fixed_layer is not None:
+        ax.axvline(fixed_layer, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"l{fixed_layer}", (fixed_layer, ax.get_ylim()[0]), fontsize=7, color="grey")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
