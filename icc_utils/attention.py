@@ -263,7 +263,7 @@ def relative_depth_layer(n_layers: int, paper_layer: int = PAPER_SC_LAYER, paper
     return int(round(paper_layer * (int(n_layers) - 1) / (paper_n_layers - 1)))
 
 
-def resolve_layers(layers, n_layers: int) -> list[int]:
+def resolve_layers(layers, n_layers: int, name: str = "layer") -> list[int]:
     """Layer indices from ``"all"``/``None`` (every layer), ``"middle"``, an int (negative counts from the
     end) or a list of those; sorted, unique. Raises ``ValueError`` naming the allowed range."""
     if layers is None or (isinstance(layers, str) and layers == "all"):
@@ -273,11 +273,11 @@ def resolve_layers(layers, n_layers: int) -> list[int]:
     for x in items:
         if isinstance(x, str):
             if x != "middle":
-                raise ValueError(f"layer={x!r} is not allowed; use an int in [-{n_layers}, {n_layers - 1}], 'middle' or 'all'")
+                raise ValueError(f"{name}={x!r} is not allowed; use an int in [-{n_layers}, {n_layers - 1}], 'middle' or 'all'")
             out.add(middle_layer(n_layers))
             continue
         if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not -n_layers <= int(x) < n_layers:
-            raise ValueError(f"layer={x!r} is out of range; the model has {n_layers} layers: "
+            raise ValueError(f"{name}={x!r} is out of range; the model has {n_layers} layers: "
                              f"use an int in [-{n_layers}, {n_layers - 1}], 'middle' or 'all'")
         out.add(int(x) % n_layers)
     return sorted(out)
@@ -708,3 +708,252 @@ def output_dir(profile: str, notebook: str, adapter: str | None = None) -> Path:
     if adapter:
         return results_dir(profile, notebook, f"adapter-{Path(str(adapter)).name}")
     return results_dir(profile, notebook)
+
+
+# ---------------------------------------------------------------- notebook 02: answers and cluster contrast
+
+ANSWER_MODES = ("generated", "constrained", "true")
+
+
+def answers_for(backend, episodes: Sequence, mode: str = "generated", cache=None) -> list[tuple[list[int], str]]:
+    """The answer labels to append for ``A^OI``/``A^OO``, one ``(labels, source)`` per episode.
+
+    ``mode``: ``"generated"`` (the model's own greedy reply, as in the paper; a reply that is not a list
+    of exactly n labels falls back to constrained decoding, and the source says so), ``"constrained"``
+    (the reply under constrained decoding) or ``"true"`` (teacher forcing with the true labels).
+    """
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(ANSWER_MODES)}")
+    episodes = list(episodes)
+    if mode == "true":
+        return [(list(ep.labels), "true labels") for ep in episodes]
+    out: list = [None] * len(episodes)
+    todo = list(range(len(episodes)))
+    if mode == "generated":
+        preds = backend.predict(episodes, constrained=False, cache=cache)
+        for i, p in enumerate(preds):
+            if p.well_formed and len(p.labels) == episodes[i].n_points and min(p.labels) >= 0:
+                out[i] = (list(p.labels), "generated (free greedy reply)")
+        todo = [i for i in todo if out[i] is None]
+    if todo:
+        preds = backend.predict([episodes[i] for i in todo], constrained=True, cache=cache)
+        src = "constrained decoding" if mode == "constrained" else \
+            "constrained decoding (the free reply was not a list of n labels)"
+        for i, p in zip(todo, preds):
+            out[i] = (list(p.labels), src)
+    return out
+
+
+def cluster_contrast(M: np.ndarray, row_labels: Sequence[int], col_labels: Sequence[int] | None = None,
+                     strictly_lower: bool = True) -> float:
+    """Mean attention between same-cluster pairs / mean between different-cluster pairs (> 1: block structure).
+
+    For ``A^II`` only the strictly lower triangle counts (``strictly_lower``); for ``A^OI``/``A^OO`` pass
+    ``strictly_lower=False`` and the labels of rows and columns.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    r = np.asarray(row_labels)
+    c = r if col_labels is None else np.asarray(col_labels)
+    same = r[:, None] == c[None, :]
+    keep = np.tril(np.ones_like(M, dtype=bool), -1) if strictly_lower else (M > 0)
+    a, b = M[same & keep], M[~same & keep]
+    return float(a.mean() / b.mean()) if a.size and b.size and b.mean() > 0 else float("nan")
+
+
+def layer_profile(blocks: "AttentionBlocks", labels: Sequence[int], n_clusters: int,
+                  exclude_diagonal: bool = True) -> "pd.DataFrame":
+    """Per layer of one episode: cluster contrast of ``A^II``/``A^OI``/``A^OO`` and the accuracy of spectral
+    clustering on ``A^II`` (heads averaged)."""
+    import pandas as pd
+
+    from .metrics import clustering_accuracy
+
+    b = blocks.head_mean()
+    lab = np.asarray(labels)
+    rows = []
+    for k, layer in enumerate(b.layers):
+        row = {"layer": layer, "contrast_ii": cluster_contrast(b.ii[k], lab),
+               "sc_accuracy": clustering_accuracy(lab, spectral_cluster_attention(b.ii[k], n_clusters,
+                                                                                  exclude_diagonal=exclude_diagonal))}
+        if b.oi is not None:
+            row["contrast_oi"] = cluster_contrast(b.oi[k], lab, lab, strictly_lower=False)
+            row["contrast_oo"] = cluster_contrast(np.tril(b.oo[k], -1), lab, lab, strictly_lower=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- notebook 03: SC per layer vs generation
+
+def sc_layer_scores(model, tokenizer, episodes: Sequence, model_id: str, exclude_diagonal: bool = True,
+                    random_state: int = 0, cache_path: str | Path | None = None, desc: str = "SC on attention"):
+    """Spectral clustering on ``A^II`` of every layer for every episode: one row per (episode, layer).
+
+    One forward pass per episode (prompt only, all layers, heads averaged). With ``cache_path`` every
+    episode's rows are appended to a JSON Lines file as soon as they are computed, keyed by
+    (``model_id``, episode id and seed, settings): a rerun or a resumed run recomputes nothing.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .io import append_jsonl, read_jsonl
+    from .metrics import score
+
+    settings = {"model": model_id, "exclude_diagonal": bool(exclude_diagonal), "random_state": int(random_state),
+                "heads": "mean", "version": 1}
+    done: dict[str, list] = {}
+    if cache_path is not None:
+        for rec in read_jsonl(cache_path):
+            if rec.get("settings") == settings:
+                done[rec["key"]] = rec["rows"]
+    rows = []
+    for ep in tqdm(list(episodes), desc=desc, leave=False):
+        key = f"{ep.id}|{ep.seed}"
+        if key not in done:
+            toks = encode_episode(tokenizer, ep.points, ep.n_clusters)
+            blocks = extract_attention_blocks(model, toks, layers="all")
+            ep_rows = []
+            for k, layer in enumerate(blocks.layers):
+                pred = spectral_cluster_attention(blocks.ii[k], ep.n_clusters, random_state, exclude_diagonal)
+                ep_rows.append({"layer": layer, **score(ep.labels, pred)})
+            done[key] = ep_rows
+            if cache_path is not None:
+                append_jsonl(cache_path, {"key": key, "settings": settings, "rows": ep_rows})
+        df = ep.params["df"]
+        for r in done[key]:
+            rows.append({"episode_id": ep.id, "distribution": ep.params["distribution"],
+                         "df": np.inf if df is None else float(df), "n_clusters": ep.n_clusters, "dim": ep.dim,
+                         "n_points": ep.n_points, **r})
+    return pd.DataFrame(rows)
+
+
+def sc_summary(layer_rows, gen_rows, fixed_layer: int, model_name: str, extra_rows=None):
+    """Table 6 rows per (dim, df): SC(opt) (the layer with the best mean accuracy in that cell),
+    SC(l<fixed_layer>) and each generation method, mean and standard error over episodes.
+
+    ``gen_rows``/``extra_rows``: per-episode rows of :func:`icc_utils.evaluate.evaluate` (``method``
+    names the row, e.g. ``zero-shot`` -> ``Gen``). Columns: dim, df, model, method, layer, accuracy,
+    accuracy_se, n.
+    """
+    import pandas as pd
+
+    from .metrics import sem
+
+    out = []
+    per_layer = layer_rows.groupby(["dim", "df", "layer"])["accuracy"].agg(["mean", sem, "size"]).reset_index()
+    for (dim, df), g in per_layer.groupby(["dim", "df"]):
+        best = g.loc[g["mean"].idxmax()]  # ties: the lowest layer
+        fixed = g[g["layer"] == fixed_layer].iloc[0]
+        for method, r in (("SC(opt)", best), (f"SC(l{fixed_layer})", fixed)):
+            out.append({"dim": dim, "df": df, "model": model_name, "method": method, "layer": int(r["layer"]),
+                        "accuracy": float(r["mean"]), "accuracy_se": float(r["sem"]), "n": int(r["size"])})
+    for frame in (gen_rows, extra_rows):
+        if frame is None or not len(frame):
+            continue
+        for (dim, df, method), g in frame.groupby(["dim", "df", "method"]):
+            name = {"zero-shot": "Gen", "zero-shot+constrained": "Gen+constrained"}.get(method, method)
+            out.append({"dim": dim, "df": df, "model": model_name if name.startswith("Gen") else g["model"].iloc[0],
+                        "method": name, "layer": -1, "accuracy": float(g["accuracy"].mean()),
+                        "accuracy_se": sem(g["accuracy"]), "n": int(len(g))})
+    return pd.DataFrame(out)
+
+
+def table6(summary, paper):
+    """Wide Table 6: one row per (dim, model, method), one column per df, "mean ± se"; the paper's rows
+    for the same dims and df follow ours, marked ``(paper)``."""
+    import pandas as pd
+
+    from .metrics import fmt_mean_se
+
+    s = summary.assign(value=[fmt_mean_se(a, b) for a, b in zip(summary["accuracy"], summary["accuracy_se"])])
+    frames = [s[["dim", "df", "model", "method", "value"]]]
+    if paper is not None and len(paper):
+        p = paper[paper["dim"].isin(s["dim"].unique()) & paper["df"].isin(s["df"].unique())]
+        p = p.assign(value=[fmt_mean_se(a, b) for a, b in zip(p["accuracy"], p["stderr"])],
+                     model="(paper) " + p["model"])
+        frames.append(p[["dim", "df", "model", "method", "value"]])
+    long = pd.concat(frames, ignore_index=True)
+    order = {k: i for i, k in enumerate(dict.fromkeys(zip(long["model"], long["method"])))}
+    wide = long.pivot_table(index=["dim", "model", "method"], columns="df", values="value", aggfunc="first")
+    wide.columns = [f"df={c:g}" for c in wide.columns]
+    wide = wide.reset_index()
+    wide["_o"] = [order[(a, b)] for a, b in zip(wide["model"], wide["method"])]
+    return wide.sort_values(["dim", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+def sc_verdict(summary, paper, model_name: str, fixed_layer: int) -> str:
+    """A plain statement, computed from the numbers, of whether spectral clustering on the model's attention
+    beats its own generated labels (the paper's Appendix B.2 claim), next to the paper's numbers.
+
+    Rule: over all (dim, df) cells with equal weight, the mean difference SC - Gen and its standard error
+    (cell standard errors combined); "beats" when the difference exceeds two standard errors, "is worse"
+    when it is below minus two, otherwise "is indistinguishable from". SC(opt) picks the best layer on the
+    same episodes, so it is optimistic; SC(l<fixed>) is a fixed layer.
+    """
+    lines = []
+
+    def compare(rows, sc_method, gen_method="Gen"):
+        a = rows[rows["method"] == sc_method].set_index(["dim", "df"])
+        b = rows[rows["method"] == gen_method].set_index(["dim", "df"])
+        cells = a.index.intersection(b.index)
+        if not len(cells):
+            return None
+        diff = a.loc[cells, "accuracy"] - b.loc[cells, "accuracy"]
+        se = float(np.sqrt((a.loc[cells, "accuracy_se"].fillna(0) ** 2 + b.loc[cells, "accuracy_se"].fillna(0) ** 2).sum())
+                   / len(cells)) if "accuracy_se" in a else float("nan")
+        return (float(a.loc[cells, "accuracy"].mean()), float(b.loc[cells, "accuracy"].mean()), float(diff.mean()), se,
+                int((diff > 0).sum()), len(cells))
+
+    def word(d, se):
+        if np.isnan(se):
+            return "beats" if d > 0 else "does not beat"
+        return "beats" if d > 2 * se else ("is worse than" if d < -2 * se else "is indistinguishable from")
+
+    for sc in ("SC(opt)", f"SC(l{fixed_layer})"):
+        res = compare(summary, sc)
+        if res is None:
+            continue
+        m_sc, m_gen, d, se, wins, n = res
+        lines.append(f"{model_name}: {sc} mean accuracy {m_sc:.3f} vs its own generation (Gen) {m_gen:.3f}: "
+                     f"difference {d:+.3f} ± {se:.3f} (SC higher in {wins} of {n} cells), so spectral clustering on "
+                     f"its attention {word(d, se)} its generated labels.")
+    if paper is not None and len(paper):
+        p = paper.rename(columns={"stderr": "accuracy_se"})
+        cells = summary[["dim", "df"]].drop_duplicates()
+        p = p.merge(cells, on=["dim", "df"])
+        for name, g in p.groupby("model", sort=False):
+            res = compare(g, "SC(opt)")
+            res23 = compare(g, "SC(l23)")
+            if res is None:
+                continue
+            lines.append(f"Paper, {name}, same cells: SC(opt) {res[0]:.3f} vs Gen {res[1]:.3f} "
+                         f"(difference {res[2]:+.3f}, SC higher in {res[4]} of {res[5]} cells)"
+                         + (f"; SC(l23) {res23[0]:.3f} (difference {res23[2]:+.3f})." if res23 else "."))
+    return "\n".join(lines)
+
+
+def attention_findings(profile, n_layers: int, model_name: str, layer: int) -> str:
+    """Plain-language summary of :func:`layer_profile` for one episode, beside the paper's claims.
+
+    "Block structure" in a matrix means a cluster contrast (same-cluster over different-cluster mean
+    attention) above 1.2; "middle layers" are the middle third of the layers.
+    """
+    lo, hi = n_layers // 3, 2 * n_layers // 3
+    mid = profile[(profile["layer"] >= lo) & (profile["layer"] < hi)]
+    rest = profile[(profile["layer"] < lo) | (profile["layer"] >= hi)]
+    best = profile.loc[profile["contrast_ii"].idxmax()]
+    at = profile[profile["layer"] == layer].iloc[0]
+    lines = [f"**{model_name}, this episode.** A^II cluster contrast (same-cluster / different-cluster mean attention; "
+             f"1 = no structure): middle layers {lo}-{hi - 1} mean {mid['contrast_ii'].mean():.2f}, other layers "
+             f"{rest['contrast_ii'].mean():.2f}; highest {best['contrast_ii']:.2f} at layer {int(best['layer'])}; "
+             f"layer {layer}: {at['contrast_ii']:.2f}, spectral clustering accuracy {at['sc_accuracy']:.2f} "
+             f"(best layer {profile['sc_accuracy'].max():.2f}, chance for 2 clusters is at least 0.5)."]
+    if "contrast_oi" in profile:
+        lines.append(f"Output blocks at layer {layer}: A^OI contrast {at['contrast_oi']:.2f}, A^OO contrast "
+                     f"{at['contrast_oo']:.2f} (mean over layers {profile['contrast_oi'].mean():.2f} and "
+                     f"{profile['contrast_oo'].mean():.2f}).")
+    verdict = "shows" if mid["contrast_ii"].mean() > 1.2 else "does not show"
+    lines.append(f"By our rule (contrast > 1.2) the head-averaged A^II in the middle layers {verdict} block structure "
+                 "aligned with the clusters. **Paper (Llama-3.1-8B-Instruct):** block structure in A^II in most "
+                 "middle layers, a vertical-slash pattern in the last layer, no clusters in A^OI/A^OO before "
+                 "fine-tuning and clear clusters there after it.")
+    return "\n\n".join(lines)
