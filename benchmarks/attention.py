@@ -7,7 +7,8 @@ blocks are 2m x 2m (A^II, A^OI, A^OO; eqs. 2-3).
 (a) Aggregation. Realistic random attention over the episode's T tokens: causal softmax of
     Gaussian scores (scale --score-scale), one T x T matrix per head. The vectorised path
     (:func:`icc_utils.attention.segment_matrix`, built inside the timed region, then
-    :func:`~icc_utils.attention.aggregate_blocks`, one ``P^T A P`` product) against the
+    :func:`~icc_utils.attention.aggregate_blocks`: ``P^T A P`` evaluated as run sums over the
+    segments' contiguous token runs, all pairs at once) against the
     per-pair reference loop (:func:`~icc_utils.attention.aggregate_blocks_loop`). Both give the
     same 2m x 2m matrix (max abs difference printed). Median of --repeats timed runs.
 
@@ -101,7 +102,7 @@ def bench_aggregation(repeats: int, heads: int, scale: float) -> float:
 
     t_vec = timed(vectorised, repeats)
     t_loop = timed(loop, max(3, repeats // 4))
-    print(f"    vectorised (segment matrix + P^T A P): {t_vec * 1e3:.3f} ms (median of {repeats})")
+    print(f"    vectorised (segment matrix + run sums):  {t_vec * 1e3:.3f} ms (median of {repeats})")
     print(f"    per-pair loop (reference):             {t_loop * 1e3:.3f} ms (median of {max(3, repeats // 4)})")
     print(f"    max |vectorised - loop| = {diff:.2e}")
     speedup = t_loop / t_vec

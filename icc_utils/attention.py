@@ -65,7 +65,7 @@ __all__ = [
     "LabelTokenError", "EpisodeTokens", "AttentionBlocks",
     "point_char_spans", "label_char_spans", "assign_tokens_to_points", "label_token_positions",
     "encode_episode", "decoder_layers", "num_layers", "middle_layer", "relative_depth_layer", "resolve_layers",
-    "segment_matrix", "aggregate_blocks", "aggregate_blocks_loop", "layer_attention", "extract_attention_blocks",
+    "segment_matrix", "segment_runs", "aggregate_blocks", "aggregate_blocks_loop", "layer_attention", "extract_attention_blocks",
     "episode_attention", "drop_diagonal", "row_normalize", "scale_rows_by_nonzero", "symmetrize",
     "preprocess_affinity", "preprocessing_steps", "spectral_cluster_attention", "AttentionSpectralClustering",
     "order_by_cluster", "output_dir",
@@ -303,15 +303,73 @@ def segment_matrix(point_of_token: np.ndarray, n_points: int, label_positions: n
     return P
 
 
+def segment_runs(P):
+    """The segments of a segment matrix ``P`` (``(T, K)``) as contiguous row runs.
+
+    Returns ``(starts, ends, weights)`` (each of length ``K``; column ``k`` is rows
+    ``starts[k]:ends[k]``, all equal to ``weights[k]``), or ``None`` if some column's non-zeros are
+    not one contiguous run of equal values (then only the dense product applies).
+    """
+    import torch
+
+    Pn = P.detach().cpu().float().numpy() if P.dtype == torch.bfloat16 else P.detach().cpu().numpy()
+    nz = Pn != 0
+    counts = nz.sum(axis=0)
+    if (counts == 0).any():
+        return None
+    starts = nz.argmax(axis=0)
+    ends = starts + counts
+    cols = np.arange(Pn.shape[1])
+    weights = Pn[starts, cols]
+    last = Pn.shape[0] - 1 - nz[::-1].argmax(axis=0)
+    if not (last == ends - 1).all() or not ((Pn == weights) | ~nz).all():
+        return None
+    return torch.as_tensor(starts), torch.as_tensor(ends), torch.as_tensor(weights)
+
+
+def _run_sums(x, starts, ends, dim: int):
+    """Sums of ``x`` over the index runs ``starts[k]:ends[k]`` along ``dim`` (runs do not overlap).
+
+    On the CPU one ``numpy.add.reduceat`` over the run boundaries; on an accelerator one cumulative
+    sum in float64 (differences of it are exact to ~1e-16 for attention probabilities) and two gathers.
+    """
+    import torch
+
+    if x.device.type == "cpu":
+        arr = x.detach()
+        arr = (arr if arr.dtype in (torch.float32, torch.float64) else arr.float()).numpy()
+        s, e = starts.cpu().numpy(), ends.cpu().numpy()
+        bounds = np.unique(np.concatenate([s, e]))
+        bounds = bounds[bounds < arr.shape[dim]]
+        sums = np.add.reduceat(arr, bounds, axis=dim)
+        return torch.from_numpy(np.take(sums, np.searchsorted(bounds, s), axis=dim))
+    c = torch.cumsum(x.to(torch.float64), dim=dim)
+    c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)
+    return c.index_select(dim, ends) - c.index_select(dim, starts)
+
+
 def aggregate_blocks(attn, P_rows, P_cols=None):
-    """Data-level blocks ``P_rows^T A P_cols`` for every head at once (one batched matrix product).
+    """Data-level blocks ``P_rows^T A P_cols`` for every head at once.
 
     ``attn``: ``(..., R, T)`` attention probabilities (rows may be a subset of the query tokens,
     matching ``P_rows``' rows); ``P_rows``: ``(R, K)``; ``P_cols``: ``(T, K)`` (defaults to ``P_rows``).
-    Returns ``(..., K, K)``.
+    Returns ``(..., K, K)`` in ``attn``'s dtype.
+
+    The segment matrices define the product; because every segment (a point's tokens, a label's
+    token) is a contiguous run of tokens, the product is evaluated as run sums along each axis
+    (whole tensors at once, no loop over pairs), which needs ``O(R*T)`` work instead of ``O(R*T*K)``. Segment matrices that are not contiguous runs fall back to the dense
+    matrix product.
     """
+    import torch
+
     P_cols = P_rows if P_cols is None else P_cols
-    return P_rows.transpose(0, 1).to(attn.dtype) @ attn @ P_cols.to(attn.dtype)
+    runs_r, runs_c = segment_runs(P_rows), segment_runs(P_cols)
+    if runs_r is None or runs_c is None:
+        return P_rows.transpose(0, 1).to(attn.dtype) @ attn @ P_cols.to(attn.dtype)
+    (r0, r1, wr), (c0, c1, wc) = runs_r, runs_c
+    sums = _run_sums(_run_sums(attn, c0, c1, dim=-1), r0, r1, dim=-2).to(attn.device)  # (..., K, K)
+    scale = wr.to(sums.dtype).unsqueeze(1) * wc.to(sums.dtype).unsqueeze(0)
+    return (sums * scale.to(sums.device)).to(attn.dtype)
 
 
 def aggregate_blocks_loop(attn: np.ndarray, point_of_token: np.ndarray, n_points: int,

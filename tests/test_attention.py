@@ -248,3 +248,23 @@ def test_estimator_on_two_well_separated_blobs(embedded):
     assert avg.layer_ == 14 and np.array_equal(a1, avg.fit_predict(X))
     with pytest.raises(ValueError, match="head"):
         A.AttentionSpectralClustering(embedded, layer=20, n_clusters=2, head=9).fit(X)
+
+
+def test_aggregation_without_contiguous_segments_uses_the_dense_product():
+    """A segment whose tokens are not one contiguous run is still aggregated exactly (dense fallback)."""
+    rng = np.random.default_rng(1)
+    T, m = 30, 3
+    owner = np.full(T, -1)
+    owner[[2, 3, 5]] = 0  # not contiguous (row 4 belongs to point 1)
+    owner[4] = 1
+    owner[6:8] = 1
+    owner[12:20] = 2
+    P = A.segment_matrix(owner, m, None, T).double()
+    assert A.segment_runs(P) is None
+    assert A.segment_runs(A.segment_matrix(np.where(owner == 0, -1, owner), m, None, T)) is None  # empty segment
+    scores = rng.normal(size=(2, T, T))
+    scores[:, np.triu(np.ones((T, T), bool), 1)] = -np.inf
+    attn = torch.softmax(torch.tensor(scores), dim=-1)
+    fast = A.aggregate_blocks(attn, P).numpy()
+    for h in range(2):
+        np.testing.assert_allclose(fast[h], A.aggregate_blocks_loop(attn[h].numpy(), owner, m), atol=1e-12)
