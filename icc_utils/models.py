@@ -287,28 +287,46 @@ class LocalChatModel:
             base += f"+adapter:{self.adapter}@{fp}"
         return f"{base}|{self.dtype}"
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer, name: str, batch_size: int = 8) -> "LocalChatModel":
+        """Wrap a model already in memory (e.g. one being fine-tuned) for greedy prediction.
+
+        ``name`` identifies it in cache keys; do not share a reply cache between different weights.
+        The tokenizer is copied, so the caller's padding side is left alone.
+        """
+        import copy
+
+        obj = cls("embedded", batch_size=batch_size)
+        obj.source, obj.name, obj.model_id = name, name, f"{name}|in-memory"
+        obj._attach(model, copy.deepcopy(tokenizer))
+        return obj
+
     def load(self):
         """Load (once) and return ``(model, tokenizer)``; the tokenizer pads on the left."""
         if self._model is None:
-            from transformers import GenerationConfig
-
             model, tok = load_model_and_tokenizer(self.source, adapter=self.adapter, dtype=self.dtype,
                                                   device=self.device)
-            tok.padding_side = "left"
-            if tok.pad_token_id is None:
-                tok.pad_token = tok.eos_token
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            hub_eos = getattr(base.generation_config, "eos_token_id", None)
-            hub_eos = hub_eos if isinstance(hub_eos, (list, tuple)) else [hub_eos]
-            eos = [tok.eos_token_id] + [e for e in hub_eos if e is not None]
-            self._eos_ids = list(dict.fromkeys(int(e) for e in eos if e is not None))
-            self._pad_id = int(tok.pad_token_id)
-            # Forget the hub's generation settings (sampling, repetition penalty, ...): generate()
-            # fills every unset field from model.generation_config, so it must hold only ids.
-            base.generation_config = GenerationConfig(bos_token_id=getattr(tok, "bos_token_id", None),
-                                                      eos_token_id=self._eos_ids, pad_token_id=self._pad_id)
-            self._model, self._tok = model, tok
+            self._attach(model, tok)
         return self._model, self._tok
+
+    def _attach(self, model, tok) -> None:
+        """Use ``model``/``tok``: left padding, explicit greedy generation settings."""
+        from transformers import GenerationConfig
+
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hub_eos = getattr(base.generation_config, "eos_token_id", None)
+        hub_eos = hub_eos if isinstance(hub_eos, (list, tuple)) else [hub_eos]
+        eos = [tok.eos_token_id] + [e for e in hub_eos if e is not None]
+        self._eos_ids = list(dict.fromkeys(int(e) for e in eos if e is not None))
+        self._pad_id = int(tok.pad_token_id)
+        # Forget the hub's generation settings (sampling, repetition penalty, ...): generate()
+        # fills every unset field from model.generation_config, so it must hold only ids.
+        base.generation_config = GenerationConfig(bos_token_id=getattr(tok, "bos_token_id", None),
+                                                  eos_token_id=self._eos_ids, pad_token_id=self._pad_id)
+        self._model, self._tok = model, tok
 
     @property
     def tokenizer(self):

@@ -233,3 +233,26 @@ def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, 
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
+    """Accuracy on held-out episodes against training episodes seen (one line per ``accuracy*`` column),
+    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+    else:
+        fig = ax.figure
+    cols = [c for c in curve.columns if c.startswith("accuracy")]
+    for c in cols:
+        label = "all validation episodes" if c == "accuracy" else c.replace("accuracy_", "")
+        ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
+    if "kmeans_accuracy" in curve and len(curve):
+        ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
+    ax.set_xlabel("training episodes seen")
+    ax.set_ylabel("accuracy (greedy, free decoding)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
