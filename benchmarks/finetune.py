@@ -1,0 +1,134 @@
+"""Fine-tuning speed on the embedded model: training tokens per second, fp32 vs the bf16 path.
+
+Real training steps through ``icc_utils.finetune.train`` (the same code path as the notebooks:
+Trainer, LoRA r=64 on q/k/v/o, answer-only loss), on default-profile training episodes
+(Student-t, c 2-5, d 1-4, n 10-50), effective batch 8 (4 x 2 accumulation). The first
+``--warmup`` steps are not timed. Then a matmul probe (512x2048 @ 2048x2048) in fp32 and bf16
+gives this CPU's attainable GFLOP/s.
+
+Training FLOP rate: the standard estimate 6 * N * tokens/s (forward 2N per token, backward
+about 4N: LoRA still needs the activation gradients through every frozen layer, ~2N, plus the
+weight-gradient half, which for frozen weights is skipped; so 6N is an upper bound on the useful
+work and ~4N a lower one). N = the parameters a token goes through: the non-embedding
+parameters of the decoder (the LM head runs only on answer tokens, a few percent of tokens).
+Printed last: the fraction of the better matmul peak that training achieves.
+
+Measured on the study's 2-core CPU (which exposes no avx512_bf16/AMX flags): bf16 matmuls run at
+0.3-34 GFLOP/s against ~130 in fp32, and a LoRA forward+backward step of one 324-token
+episode took 2.1-2.7 s in fp32, 43-46 s with bf16 weights, 45-47 s under autocast. So the
+bf16 variants are ~20x slower here and fp32 is the default; run ``--variants fp32,bf16`` on
+a machine with native bf16 to compare (it takes long on this CPU).
+
+    python benchmarks/finetune.py [--steps 3] [--warmup 1] [--variants fp32,bf16,autocast] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from icc_utils.data import make_training_set  # noqa: E402
+from icc_utils.finetune import EpisodeDataset, FinetuneConfig, IGNORE_INDEX, train  # noqa: E402
+from icc_utils.models import load_model_and_tokenizer  # noqa: E402
+
+VARIANTS = {  # name -> (bf16, dtype)
+    "fp32": (False, None),                 # fp32 weights, fp32 compute
+    "bf16": (True, None),                  # the bf16=True path: frozen base weights bf16, LoRA fp32
+    "autocast": (True, "float32"),         # fp32 weights under torch.autocast(bfloat16)
+}
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock seconds of each optimiser step (forward + backward over the accumulation + update)."""
+
+    def __init__(self):
+        self.times, self._t0 = [], None
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def matmul_gflops(dtype, m=512, k=2048, n=2048, repeats=10) -> float:
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def main(argv=None) -> float:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--per-device", type=int, default=4)
+    ap.add_argument("--accumulation", type=int, default=2)
+    ap.add_argument("--variants", default="fp32,bf16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    eff = args.per_device * args.accumulation
+    n_steps = args.warmup + args.steps
+    episodes = make_training_set(eff * n_steps, root_seed=args.seed)
+
+    _, tok = load_model_and_tokenizer("embedded")
+    base, _ = load_model_and_tokenizer("embedded")
+    n_total = sum(p.numel() for p in base.parameters())
+    n_embed = base.get_input_embeddings().weight.numel()
+    n_forward = n_total - n_embed  # tied LM head: counted once, as the embedding
+    del base
+    ds = EpisodeDataset(episodes, tok, 1, args.seed, 1)
+    lens = [len(ds[i]["input_ids"]) for i in range(len(ds))]
+    n_ans = [sum(l != IGNORE_INDEX for l in ds[i]["labels"]) for i in range(len(ds))]
+    step_tokens = [sum(lens[s * eff:(s + 1) * eff]) for s in range(n_steps)]
+    print(f"model=SmolLM2-135M-Instruct params={n_total / 1e6:.1f}M (non-embedding {n_forward / 1e6:.1f}M) "
+          f"torch_threads={torch.get_num_threads()} batch={args.per_device}x{args.accumulation}={eff} episodes/step "
+          f"tokens/episode={min(lens)}..{max(lens)} (mean {sum(lens) / len(lens):.0f}, answer "
+          f"{sum(n_ans) / sum(lens):.1%}) steps={args.warmup} warm-up + {args.steps} timed", flush=True)
+
+    rates = {}
+    for name in args.variants.split(","):
+        bf16, dtype = VARIANTS[name]
+        cfg = FinetuneConfig(model="embedded", per_device_batch_size=args.per_device,
+                             gradient_accumulation_steps=args.accumulation, max_steps=n_steps, save_steps=10 ** 6,
+                             bf16=bf16, dtype=dtype, seed=args.seed)
+        timer = StepTimer()
+        with tempfile.TemporaryDirectory() as out:
+            res = train(cfg, episodes, out, resume=False, callbacks=[timer])
+            import pandas as pd
+            losses = pd.read_csv(Path(out) / "loss_curve.csv")["loss"].round(4).tolist()
+        timed = timer.times[args.warmup:]
+        toks = sum(step_tokens[args.warmup:])
+        rates[name] = toks / sum(timed)
+        print(f"{name:9s} (bf16={bf16}, weights={cfg.weights_dtype}, autocast={cfg.autocast}): "
+              f"{sum(timed) / len(timed):.2f} s/step, {rates[name]:.0f} tokens/s, "
+              f"{rates[name] / (toks / len(timed) / eff) :.2f} episodes/s; step times "
+              f"{[round(t, 2) for t in timer.times]}; losses {losses}", flush=True)
+        assert res.global_step == n_steps
+
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"matmul 512x2048x2048: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    best_name = max(rates, key=rates.get)
+    flops = 6 * n_forward * rates[best_name]
+    frac = flops / 1e9 / max(peaks.values())
+    if "fp32" in rates and "bf16" in rates:
+        print(f"bf16 path / fp32 speed: {rates['bf16'] / rates['fp32']:.2f}x")
+    print(f"training FLOP rate ({best_name}, 6*N*tokens/s, N={n_forward / 1e6:.1f}M): {flops / 1e9:.1f} GFLOP/s")
+    print(f"fraction of the best matmul peak ({max(peaks.values()):.1f} GFLOP/s): {frac:.3f}")
+    return frac
+
+
+if __name__ == "__main__":
+    main()

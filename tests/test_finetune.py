@@ -1,0 +1,306 @@
+"""LoRA fine-tuning (icc_utils.finetune): answer-only labels, answer-only loss, training, adapters, resume."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+
+from icc_utils.data import generate_episode, make_training_set
+from icc_utils.finetune import (IGNORE_INDEX, EpisodeDataset, FinetuneConfig, answer_only_loss,
+                                augment_permutations, collate, encode_training_example, train)
+from icc_utils.prompts import answer_text, episode_messages, render_chat
+
+
+def episodes(k: int, seed: int = 0, length_range=(5, 14)):
+    return [generate_episode(seed * 1000 + i, "t", 2 + i % 3, 1 + i % 2, 5.0, length_range=length_range,
+                             episode_id=f"ep{seed}-{i}") for i in range(k)]
+
+
+def tiny_config(model_dir, **kw) -> FinetuneConfig:
+    base = dict(model=str(model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.05, learning_rate=5e-3,
+                per_device_batch_size=2, gradient_accumulation_steps=2, save_steps=2, logging_steps=1, seed=3)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def lora_model(model_dir, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():  # non-zero B so the adapter matters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def adapter_tensors(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+# ---------------------------------------------------------------- labels
+
+@pytest.mark.parametrize("which", ["llama", "qwen2", "embedded"])
+def test_only_answer_tokens_carry_labels(which, request):
+    path = request.getfixturevalue({"llama": "tiny_llama_dir", "qwen2": "tiny_qwen2_dir",
+                                    "embedded": "embedded_dir"}[which])
+    tok = load_tokenizer(path)
+    eot = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "embedded": "<|im_end|>"}[which]
+    for ep in episodes(4, seed=1):
+        ex = encode_training_example(tok, ep)
+        ids, labels = ex["input_ids"], ex["labels"]
+        assert len(ids) == len(labels)
+        prompt_ids = tok(render_chat(tok, episode_messages(ep)), add_special_tokens=False).input_ids
+        n_prompt = len(prompt_ids)
+        assert ids[:n_prompt] == prompt_ids
+        assert all(l == IGNORE_INDEX for l in labels[:n_prompt])           # no prompt token is labelled
+        assert labels[n_prompt:] == ids[n_prompt:]                          # every answer token is
+        assert tok.decode(labels[n_prompt:]) == answer_text(ep.labels) + eot
+        assert labels[-1] == tok.convert_tokens_to_ids(eot)
+
+
+def test_non_prefix_template_is_an_error(tiny_qwen2_dir):
+    tok = load_tokenizer(tiny_qwen2_dir)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}|{% endfor %}"
+                         "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    with pytest.raises(ValueError, match="not a prefix"):
+        encode_training_example(tok, episodes(1)[0])
+
+
+def test_collate_pads_right():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [-100]}],
+                    pad_token_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# ---------------------------------------------------------------- loss
+
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_answer_only_loss_equals_full_masked_loss(which, request):
+    path = request.getfixturevalue(which)
+    tok = load_tokenizer(path)
+    model = lora_model(path)
+    batch = collate([encode_training_example(tok, ep) for ep in episodes(3, seed=2)], pad_token_id=0)
+    full = model(**batch).loss                                   # standard shifted, masked loss, all logits
+    ours = answer_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert torch.allclose(ours, full, atol=1e-5, rtol=1e-5), (ours.item(), full.item())
+    n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    summed = answer_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], num_items=2 * n)
+    assert torch.allclose(summed, full / 2, atol=1e-5)
+    # gradients agree too
+    g_full = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad])
+    g_ours = torch.autograd.grad(answer_only_loss(model, **batch), [p for p in model.parameters() if p.requires_grad])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_ours))
+
+
+# ---------------------------------------------------------------- data
+
+def test_permutation_augmentation():
+    eps = episodes(5, seed=4)
+    aug = augment_permutations(eps, 3, seed=7)
+    assert len(aug) == 15
+    for i, ep in enumerate(eps):
+        copies = aug[3 * i:3 * i + 3]
+        orders = {tuple(map(tuple, c.points)) for c in copies}
+        assert len(orders) == 3                                          # k distinct orders
+        for c in copies:
+            assert Counter(map(tuple, c.points)) == Counter(map(tuple, ep.points))   # same multiset
+            # labels follow their points and are canonical (first appearance order)
+            first = []
+            for l in c.labels:
+                if l not in first:
+                    first.append(l)
+            assert first == list(range(len(first)))
+            # same partition as the original
+            orig = {tuple(p): l for p, l in zip(ep.points, ep.labels)}
+            mapping = {}
+            assert all(mapping.setdefault(orig[tuple(p)], l) == l for p, l in zip(c.points, c.labels))
+    assert augment_permutations(eps, 3, seed=7)[4].points == aug[4].points    # explicit seeds: reproducible
+    assert augment_permutations(eps, 1, seed=7) == eps
+    # a 3-point episode can still give 3 distinct orders
+    tiny = generate_episode(5, "t", 2, 1, 5.0, n_points=3)
+    assert len({tuple(map(tuple, e.points)) for e in augment_permutations([tiny], 3, seed=0)}) == 3
+
+
+def test_dataset_order_is_seeded(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+    eps = episodes(6)
+    a = EpisodeDataset(eps, tok, n_permutations=2, seed=1, n_epochs=2)
+    b = EpisodeDataset(eps, tok, n_permutations=2, seed=1, n_epochs=2)
+    assert len(a) == 24 and a.order.tolist() == b.order.tolist()
+    assert sorted(a.order[:12].tolist()) == list(range(12))              # each pass visits every item once
+    assert a[5] == b[5]
+    assert EpisodeDataset(eps, tok, 2, seed=2).order.tolist() != a.order[:12].tolist()
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("field,value", [
+    ("lora_r", 0), ("lora_alpha", -1), ("lora_dropout", 1.5), ("target_modules", []), ("learning_rate", 0),
+    ("lr_schedule", "step"), ("warmup_ratio", 1.0), ("per_device_batch_size", 0),
+    ("gradient_accumulation_steps", 1.5), ("n_epochs", 0), ("max_steps", 0), ("n_permutations", 0),
+    ("seed", -1), ("bf16", "yes"), ("gradient_checkpointing", 1), ("save_steps", 0), ("logging_steps", 0),
+    ("max_train_seconds", -5), ("dtype", "float16"), ("model", ""),
+])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        FinetuneConfig(**{field: value})
+
+
+def test_config_defaults_are_the_paper_recipe():
+    cfg = FinetuneConfig()
+    assert cfg.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert (cfg.learning_rate, cfg.lr_schedule, cfg.n_epochs, cfg.effective_batch_size) == (5e-4, "cosine", 1, 32)
+    assert FinetuneConfig(target_modules="q_proj, v_proj").target_modules == ("q_proj", "v_proj")
+    assert FinetuneConfig(bf16=True).weights_dtype == "bfloat16" and not FinetuneConfig(bf16=True).autocast
+    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown FinetuneConfig fields"):
+        FinetuneConfig.from_dict({"lr": 1})
+
+
+# ---------------------------------------------------------------- training
+
+def fixed_batch_loss(model, tok, eps) -> float:
+    batch = collate([encode_training_example(tok, ep) for ep in eps], pad_token_id=0)
+    with torch.no_grad():
+        return float(answer_only_loss(model, **batch))
+
+
+def test_training_reduces_loss_and_adapter_round_trips(tiny_llama_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_llama_dir)
+    eps = episodes(4, seed=5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    before = fixed_batch_loss(base, tok, eps)
+    seen = []
+
+    def on_eval(model, tokenizer, step, episodes_seen):
+        assert not model.training and not torch.is_grad_enabled()
+        seen.append(step)
+        return {"fixed_loss": fixed_batch_loss(model, tokenizer, eps)}
+
+    cfg = tiny_config(tiny_llama_dir, max_steps=8, lora_dropout=0.0, learning_rate=1e-2)
+    res = train(cfg, eps, tmp_path / "run", on_eval=on_eval, eval_every_steps=4)
+    assert res.finished and not res.reused and res.global_step == 8 and res.episodes_seen == 32
+    out = tmp_path / "run"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.json", "loss_curve.csv",
+                 "loss_curve.png", "eval_curve.csv", "tokenizer_config.json"):
+        assert (out / name).exists(), name
+    curve = pd.read_csv(out / "loss_curve.csv")
+    assert list(curve.columns) == ["step", "episodes_seen", "loss", "learning_rate", "elapsed_s"]
+    assert curve["step"].tolist() == list(range(1, 9)) and curve["episodes_seen"].iloc[-1] == 32
+    assert curve["learning_rate"].iloc[0] > curve["learning_rate"].iloc[-1]          # cosine decays
+    assert seen == [0, 4, 8]
+    evals = pd.read_csv(out / "eval_curve.csv")
+    assert evals["fixed_loss"].iloc[-1] < evals["fixed_loss"].iloc[0]
+    meta = json.loads((out / "train_config.json").read_text())
+    assert meta["finished"] and meta["n_episodes"] == 4 and len(meta["data_sha256"]) == 64
+
+    trained = res.model.eval()
+    after = fixed_batch_loss(trained, tok, eps)
+    assert after < 0.9 * before, (before, after)
+
+    # round trip: the written adapter reproduces the in-memory model's logits
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32),
+                                       out).eval()
+    batch = collate([encode_training_example(tok, ep) for ep in eps], pad_token_id=0)
+    with torch.no_grad():
+        a = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        b = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(a, b)
+
+    # a finished run with the same config and data is reused; bookkeeping fields do not matter
+    again = train(tiny_config(tiny_llama_dir, max_steps=8, lora_dropout=0.0, learning_rate=1e-2, logging_steps=3),
+                  eps, out)
+    assert again.reused and again.global_step == 8
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(cfg, episodes(4, seed=6), out)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_resume_after_kill_equals_uninterrupted(tiny_qwen2_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 4:
+                raise Killed("simulated kill after checkpoint 4")
+
+    eps = episodes(10, seed=7)
+    cfg = tiny_config(tiny_qwen2_dir, max_steps=6)        # dropout 0.05: RNG state must resume too
+    full = train(cfg, eps, tmp_path / "full")
+    assert full.finished
+    with pytest.raises(Killed):
+        train(cfg, eps, tmp_path / "killed", callbacks=[KillAfterSave()])
+    assert (tmp_path / "killed" / "checkpoints" / "checkpoint-4").exists()
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    class CountSteps(TrainerCallback):
+        steps = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.steps.append(state.global_step)
+
+    counter = CountSteps()
+    resumed = train(cfg, eps, tmp_path / "killed", callbacks=[counter])
+    assert counter.steps == [5, 6]                         # it resumed from checkpoint 4, not from scratch
+    assert resumed.finished and not resumed.reused and resumed.global_step == 6
+    a, b = adapter_tensors(tmp_path / "full"), adapter_tensors(tmp_path / "killed")
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a)
+    ca, cb = pd.read_csv(tmp_path / "full" / "loss_curve.csv"), pd.read_csv(tmp_path / "killed" / "loss_curve.csv")
+    assert cb["step"].tolist() == list(range(1, 7))
+    assert ca["loss"].tolist() == pytest.approx(cb["loss"].tolist(), rel=1e-5)
+
+
+def test_wall_clock_budget_stops_and_resumes(tiny_llama_dir, tmp_path):
+    eps = episodes(6, seed=8)
+    cfg = tiny_config(tiny_llama_dir, max_steps=5, max_train_seconds=1e-3)
+    first = train(cfg, eps, tmp_path / "run")
+    assert not first.finished and first.global_step == 1
+    assert (tmp_path / "run" / "adapter_model.safetensors").exists()
+    assert not json.loads((tmp_path / "run" / "train_config.json").read_text())["finished"]
+    done = train(tiny_config(tiny_llama_dir, max_steps=5), eps, tmp_path / "run")
+    assert done.finished and done.global_step == 5
+
+
+def test_bf16_path_trains(tiny_llama_dir, tmp_path):
+    tok = load_tokenizer(tiny_llama_dir)
+    eps = episodes(4, seed=9)
+    res = train(tiny_config(tiny_llama_dir, max_steps=6, bf16=True, lora_dropout=0.0, learning_rate=1e-2),
+                eps, tmp_path / "bf16")
+    model = res.model.eval()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    frozen = [p for n, p in model.named_parameters() if "lora_" not in n]
+    assert all(p.dtype == torch.float32 for p in lora) and all(p.dtype == torch.bfloat16 for p in frozen)
+    curve = pd.read_csv(tmp_path / "bf16" / "loss_curve.csv")
+    assert curve["loss"].iloc[-2:].mean() < curve["loss"].iloc[:2].mean()
+
+
+def test_training_set_examples_fit(tiny_llama_dir):
+    """The default training distribution (n 10-50, d 1-4) encodes with labels on the answer only."""
+    tok = load_tokenizer(tiny_llama_dir)
+    for ep in make_training_set(6, root_seed=0):
+        ex = encode_training_example(tok, ep)
+        n_lab = sum(l != IGNORE_INDEX for l in ex["labels"])
+        assert n_lab == len(tok(answer_text(ep.labels), add_special_tokens=False).input_ids) + 1
