@@ -211,10 +211,11 @@ def get_backend(name: str, **kwargs):
 
 # ---------------------------------------------------------------- local transformers backend
 
-#: Default weights dtype of local models. Measured on the 2-core CPU this study targets
-#: (SmolLM2-135M, 8 x 660-token prompts): bf16 prefill is ~2.5x faster than fp32, and greedy
-#: decoding stays deterministic (see benchmarks/generation.py and the README).
-DEFAULT_LOCAL_DTYPE = "bfloat16"
+#: Default weights dtype of local models. float32: on the 2-core CI/developer CPU (AMD EPYC with
+#: AVX2 but no AVX-512/bf16 instructions) bf16 is emulated and slower (benchmarks/generation.py:
+#: 0.277 episodes/s batched in float32; bf16 slower; a bf16 matmul ran at 0.3 GFLOP/s against 132
+#: in float32, benchmarks/finetune.py). Choose bfloat16 on a GPU or a CPU with native bf16.
+DEFAULT_LOCAL_DTYPE = "float32"
 #: Tokens allowed beyond the canonical answer of an episode when max_new_tokens is automatic.
 ANSWER_SLACK_TOKENS = 16
 

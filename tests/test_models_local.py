@@ -68,7 +68,7 @@ def test_embedded_template(embedded):
     assert text == (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
                     f"<|im_start|>user\n{user_prompt(ep.points, ep.n_clusters)}<|im_end|>\n<|im_start|>assistant\n")
     assert embedded.name == EMBEDDED_NAME and embedded.kind == "local" and embedded.available
-    assert embedded.model_id == f"{EMBEDDED_NAME}|bfloat16"
+    assert embedded.model_id == f"{EMBEDDED_NAME}|float32"
     assert get_backend("embedded").model_id == embedded.model_id
     assert embedded.tokenizer.padding_side == "left"
 
