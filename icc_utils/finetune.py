@@ -716,3 +716,59 @@ def finetune_findings(summary, paper, check, run, config: FinetuneConfig) -> str
         lines.append("Our fine-tuned model does **not** reproduce the paper's gain at this budget; the learning curve above "
                      "shows how far the training got. See the README for the budget question.")
     return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------- profile parameters and command line
+
+def config_from_params(params: dict, model: str, seed: int) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of notebook 04's ``ft_*`` parameters (a profile or the notebook's
+    own variables); ``ft_max_train_minutes`` 0 means no time limit."""
+    p = {k[3:]: v for k, v in params.items() if k.startswith("ft_")}
+    minutes = p.get("max_train_minutes") or 0
+    return FinetuneConfig(
+        model=model, lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"],
+        target_modules=p["target_modules"], learning_rate=p["learning_rate"], lr_schedule=p["lr_schedule"],
+        warmup_ratio=p["warmup_ratio"], per_device_batch_size=p["per_device_batch_size"],
+        gradient_accumulation_steps=p["gradient_accumulation_steps"], seed=seed, bf16=p["bf16"],
+        save_steps=p["save_steps"], max_train_seconds=60.0 * minutes if minutes else None)
+
+
+def training_episodes(profile: str, n_episodes: int = 0) -> list[Episode]:
+    """Notebook 00's training split of a profile (the first ``n_episodes``; 0: all)."""
+    from . import data_dir
+    from .data import load_episodes
+
+    path = data_dir(profile) / "train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run notebook 00_data with profile={profile!r} first "
+                                f"(python -m icc_utils.run --profile {profile} --only 00)")
+    episodes = load_episodes(path)
+    return episodes[:n_episodes] if n_episodes else episodes
+
+
+def main(argv=None) -> None:
+    """``python -m icc_utils.finetune --profile paper`` (or under ``accelerate launch``): train notebook
+    04's adapter (without the learning curve) into ``results/<profile>/04/adapter``; the notebook then
+    reuses it."""
+    import argparse
+
+    from . import results_dir
+    from .profiles import load_profile
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--augmented", action="store_true", help="train the finetuned-aug adapter (Table 5)")
+    args = ap.parse_args(argv)
+    params = load_profile(args.profile)
+    config = config_from_params(params, params["model"], params["seed"])
+    name = "adapter"
+    if args.augmented:
+        config = FinetuneConfig(**{**config.to_dict(), "n_permutations": params["ft_aug_permutations"]})
+        name = "adapter_aug"
+    result = train(config, training_episodes(args.profile, params["ft_n_train_episodes"]),
+                   results_dir(args.profile, "04") / name)
+    print(result)
+
+
+if __name__ == "__main__":
+    main()
