@@ -14,7 +14,9 @@ from . import PAPER_RESULTS_CSV
 
 @lru_cache(maxsize=1)
 def _load() -> pd.DataFrame:
-    return pd.read_csv(PAPER_RESULTS_CSV)
+    """The CSV with ``n_clusters`` and ``dim`` as (nullable) integers: image rows leave ``dim`` empty,
+    which would otherwise make it float and write ``d=1.0`` where our tables write ``d=1``."""
+    return pd.read_csv(PAPER_RESULTS_CSV, dtype={"n_clusters": "Int64", "dim": "Int64"})
 
 
 def paper_results(table: str | None = None, **filters) -> pd.DataFrame:

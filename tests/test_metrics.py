@@ -96,3 +96,12 @@ def test_fmt_mean_se():
     assert fmt_mean_se(0.834, 0.0123, digits=1, scale=100) == "83.4 ± 1.2"
     assert fmt_mean_se(0.5, float("nan")) == "0.50"
     assert fmt_mean_se(float("nan"), 0.1) == "–"
+
+
+def test_paper_cells_are_integers_so_cell_labels_match_ours():
+    """Paper rows must format as ``d=1,c=2`` like ours (a float ``dim`` once dropped every Table 4 paper row)."""
+    from icc_utils.paper import paper_results
+
+    t4 = paper_results("T4", method="kmeans")
+    assert len(t4) and {f"d={d},c={c}" for d, c in zip(t4["dim"], t4["n_clusters"])} >= {"d=1,c=2", "d=3,c=4"}
+    assert len(paper_results("T1", n_clusters=3, dim=3, df=1)) > 0
