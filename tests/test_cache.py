@@ -67,3 +67,18 @@ def test_read_jsonl_skips_blank_and_broken_lines(tmp_path):
     assert list(read_jsonl(tmp_path / "missing.jsonl")) == []
     append_jsonl(path, {"a": 3})
     assert list(read_jsonl(path))[-1] == {"a": 3}
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    """Files written atomically are readable by others like any file the user writes (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    from icc_utils.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "table.csv", "a,b\n")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
