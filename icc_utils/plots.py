@@ -72,14 +72,20 @@ def plot_accuracy_vs_df(summary: pd.DataFrame, group: str = "model", ax=None, ti
             ax.plot([pos[d] for d in g["df"]], g["accuracy"], ls="--", marker="x", alpha=0.7, label=f"paper: {name}")
     ax.set_xticks(range(len(dfs)))
     ax.set_xticklabels([f"{d:g}" for d in dfs])
-    ax.set_xlabel("degrees of freedom (df)")
-    ax.set_ylabel("accuracy")
+    _finish_accuracy_axes(ax, "degrees of freedom (df)", "accuracy", title, legend_size=7, title_size=None)
+    return fig
+
+
+def _finish_accuracy_axes(ax, xlabel: str, ylabel: str, title: str | None, legend_size: int = 8,
+                          title_size: int | None = 10) -> None:
+    """Labels, a 0-1 accuracy range, a light grid, the legend and the title."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     if title:
-        ax.set_title(title)
-    return fig
+        ax.set_title(title, fontsize=title_size)
 
 
 def plot_grid_accuracy(summary: pd.DataFrame, group: str = "name", size: float = 3.0):
@@ -248,11 +254,5 @@ def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
         ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
     if "kmeans_accuracy" in curve and len(curve):
         ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
-    ax.set_xlabel("training episodes seen")
-    ax.set_ylabel("accuracy (greedy, free decoding)")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
+    _finish_accuracy_axes(ax, "training episodes seen", "accuracy (greedy, free decoding)", title)
     return fig
