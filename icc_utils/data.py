@@ -278,3 +278,19 @@ def verify_manifest(path: str | Path) -> list[str]:
         elif sha256_file(fpath) != entry["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest")
     return problems
+
+
+def validation_episodes(seed: int, n_clusters: int, dim: int, dfs: Sequence[float], n_per_df: int) -> list[Episode]:
+    """Held-out t episodes from the ``val`` seed split (never training, never test): for choosing a layer
+    (notebook 03) or a learning curve (notebook 04). Ids ``val-<cell>-<index>``."""
+    return [generate_episode(episode_seed(seed, "val", "t", n_clusters, dim, float(df), i), "t", n_clusters, dim,
+                             float(df), episode_id=f"val-{cell_key('t', n_clusters, dim, float(df))}-{i:04d}")
+            for df in dfs for i in range(n_per_df)]
+
+
+def check_disjoint(train: Sequence[Episode], others: Sequence[Episode]) -> None:
+    """Raise if a training episode's seed is also the seed of an evaluation episode."""
+    shared = {e.seed for e in train} & {e.seed for e in others}
+    if shared:
+        raise ValueError(f"{len(shared)} training episodes share their seed with evaluation episodes "
+                         f"(e.g. {sorted(shared)[:3]}): the training split must be disjoint from every test set")

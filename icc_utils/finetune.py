@@ -599,23 +599,6 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
 # ---------------------------------------------------------------- notebook 04: evaluation around training
 
-def validation_episodes(seed: int, n_clusters: int, dim: int, dfs: Sequence[float], n_per_df: int) -> list[Episode]:
-    """Held-out episodes for the learning curve: the ``val`` seed split (never training, never test)."""
-    from .data import cell_key, episode_seed, generate_episode
-
-    return [generate_episode(episode_seed(seed, "val", "t", n_clusters, dim, float(df), i), "t", n_clusters, dim,
-                             float(df), episode_id=f"val-{cell_key('t', n_clusters, dim, float(df))}-{i:04d}")
-            for df in dfs for i in range(n_per_df)]
-
-
-def check_disjoint(train: Sequence[Episode], others: Sequence[Episode]) -> None:
-    """Raise if a training episode's seed is also the seed of an evaluation episode."""
-    shared = {e.seed for e in train} & {e.seed for e in others}
-    if shared:
-        raise ValueError(f"{len(shared)} training episodes share their seed with evaluation episodes "
-                         f"(e.g. {sorted(shared)[:3]}): the training split must be disjoint from every test set")
-
-
 def curve_evaluator(episodes: Sequence[Episode], batch_size: int = 8) -> Callable:
     """An ``on_eval`` for :func:`train`: greedy free-decoding accuracy of the model being trained on
     ``episodes`` (one row per df: accuracy, well-formed share), plus the overall mean."""
