@@ -12,6 +12,9 @@ stored in cache records, shown in reprs or put into error messages.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
 import random
 import threading
@@ -19,12 +22,13 @@ import time
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import ReplyCache, cache_key
 from .models import Prediction
 from .parsing import is_well_formed, parse_labels
-from .prompts import episode_messages
+from .prompts import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, episode_messages, image_user_prompt
 
 #: Sent when a base URL is given without a key: local servers (vLLM, transformers serve) ignore it.
 PLACEHOLDER_KEY = "EMPTY"
@@ -210,39 +214,67 @@ class OpenAIChatModel:
         if not self.available:
             raise RuntimeError(self.unavailable_reason)
         episodes = list(episodes)
-        jobs = []  # (index, key, messages, decoding) of episodes that need a request
+        return self._ask_all(episodes, [(m, m, {}) for m in (episode_messages(ep, known_k) for ep in episodes)],
+                             known_k, cache, desc)
+
+    # ------------------------------------------------------------ image episodes
+
+    def predict_images(self, episodes: Sequence, imageset, cache: ReplyCache | None = None,
+                       desc: str | None = None, image_size: int | None = None) -> list[Prediction]:
+        """Cluster image episodes zero-shot (the paper's GPT-4o rows of Tables 2 and 3).
+
+        Each episode's images (``imageset.images[i] for i in episode.indices``) go as base64 PNG
+        content parts (see :func:`image_episode_messages`; ``image_size``: nearest-neighbour upscale
+        to ``image_size`` x ``image_size`` pixels). Greedy decoding, parsing, cache and retries as in
+        :meth:`predict`. The cache key holds sha256 digests of the sent pixels in place of the
+        base64 data, and the cache record stores a digest of the episode's images, never the images.
+        """
+        size = _image_size(image_size)
+        if not self.available:
+            raise RuntimeError(self.unavailable_reason)
+        episodes = list(episodes)
+        requests = []
+        for ep in episodes:
+            messages, keyed, digest = _image_request(ep, imageset, size)
+            requests.append((messages, keyed, {"input": "images", "image_size": size, "images_sha256": digest}))
+        return self._ask_all(episodes, requests, True, cache, desc)
+
+    def _ask_all(self, episodes: list, requests: list, known_k: bool, cache: ReplyCache | None,
+                 desc: str | None) -> list[Prediction]:
+        """Send one request per episode (``(messages, messages for the cache key, extra record fields)``),
+        skipping cached ones; each reply is cached the moment it arrives (``max_workers`` threads)."""
+        jobs = []  # (index, key, messages, decoding, extra) of episodes that need a request
         results: list[Prediction | None] = [None] * len(episodes)
-        for i, ep in enumerate(episodes):
-            messages = episode_messages(ep, known_k)
+        for i, (ep, (messages, keyed, extra)) in enumerate(zip(episodes, requests)):
             dec = self.decoding(ep.n_points)
-            key = cache_key("openai", f"{self.server}/{self.name}", messages, dec)
+            key = cache_key("openai", f"{self.server}/{self.name}", keyed, dec)
             hit = cache.get(key) if cache is not None else None
             if hit is not None:
                 self.cache_hits += 1
                 results[i] = self._prediction(ep, hit["reply"], hit.get("usage", {}), known_k, cached=True)
             else:
-                jobs.append((i, key, messages, dec))
+                jobs.append((i, key, messages, dec, extra))
 
         bar = tqdm(total=len(episodes), initial=len(episodes) - len(jobs), desc=desc or self.name, leave=False)
 
-        def finish(i: int, key: str, dec: dict, reply: str, usage: dict) -> None:
+        def finish(i: int, key: str, dec: dict, extra: dict, reply: str, usage: dict) -> None:
             if cache is not None:
                 cache.put(key, {"reply": reply, "usage": usage, "backend": "openai", "server": self.server,
-                                "model": self.name, "decoding": dec, "episode_id": episodes[i].id})
+                                "model": self.name, "decoding": dec, "episode_id": episodes[i].id, **extra})
             results[i] = self._prediction(episodes[i], reply, usage, known_k, cached=False)
             bar.update(1)
 
         try:
             if self.max_workers == 1:
-                for i, key, messages, dec in jobs:
-                    finish(i, key, dec, *self.chat(messages, dec["max_tokens"]))
+                for i, key, messages, dec, extra in jobs:
+                    finish(i, key, dec, extra, *self.chat(messages, dec["max_tokens"]))
             else:
                 from concurrent.futures import ThreadPoolExecutor, as_completed
 
                 error: BaseException | None = None
                 with ThreadPoolExecutor(self.max_workers) as pool:
-                    futures = {pool.submit(self.chat, messages, dec["max_tokens"]): (i, key, dec)
-                               for i, key, messages, dec in jobs}
+                    futures = {pool.submit(self.chat, messages, dec["max_tokens"]): (i, key, dec, extra)
+                               for i, key, messages, dec, extra in jobs}
                     for fut in as_completed(futures):
                         if fut.cancelled():
                             continue
@@ -308,3 +340,117 @@ def _retry_after(exc) -> float:
         return max(float(value), 0.0) if value is not None else 0.0
     except (AttributeError, TypeError, ValueError):
         return 0.0
+
+
+# ---------------------------------------------------------------- images
+
+#: The data-URL prefix of every image content part.
+PNG_DATA_URL = "data:image/png;base64,"
+
+
+def _image_size(size, name: str = "image_size") -> int | None:
+    """``size`` checked: None (send images as they are) or a positive integer."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 1:
+        raise ValueError(f"{name}={size!r} is out of range; it must be None or an integer >= 1 (pixels)")
+    return int(size)
+
+
+def _as_pil(image: np.ndarray, size: int | None = None):
+    """A uint8 image array (H, W), (H, W, 1) or (H, W, 3) as a Pillow image, upscaled if ``size``."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 arrays (0..255), got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"an image must have shape (H, W) or (H, W, 3), got {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"an image must have at least one pixel, got shape {arr.shape}")
+    img = Image.fromarray(np.ascontiguousarray(arr))  # uint8: (H, W) -> "L", (H, W, 3) -> "RGB"
+    size = _image_size(size, "size")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.NEAREST)
+    return img
+
+
+def _pixel_digest(img) -> str:
+    """sha256 of an image's mode, size and pixels: what the model sees, independent of PNG compression."""
+    h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def _png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
+    """PNG file bytes of a uint8 image array (grayscale or RGB); ``size``: nearest-neighbour resize
+    to ``size`` x ``size`` pixels (8x8 digits are too small to show a model as they are)."""
+    buf = io.BytesIO()
+    _as_pil(image, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _split_placeholders(text: str, n_images: int) -> list[str]:
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    if len(pieces) - 1 != n_images:
+        raise ValueError(f"the text has {len(pieces) - 1} image placeholders ({IMAGE_PLACEHOLDER!r}) but "
+                         f"{n_images} images were given; they must match one to one")
+    return pieces
+
+
+def _content_parts(text: str, images: Sequence[np.ndarray], size: int | None) -> tuple[list[dict], list[dict]]:
+    """(content parts sent, the same parts for the cache key with each image's base64 replaced by its
+    pixel digest)."""
+    images = list(images)
+    pieces = _split_placeholders(text, len(images))
+    parts: list[dict] = []
+    keyed: list[dict] = []
+    for j, piece in enumerate(pieces):
+        if piece:
+            parts.append({"type": "text", "text": piece})
+            keyed.append({"type": "text", "text": piece})
+        if j < len(images):
+            img = _as_pil(images[j], size)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            url = PNG_DATA_URL + base64.b64encode(buf.getvalue()).decode("ascii")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+            keyed.append({"type": "image_url", "image_url": {"sha256": _pixel_digest(img)}})
+    return parts, keyed
+
+
+def image_content_parts(text: str, images: Sequence[np.ndarray], size: int | None = None) -> list[dict]:
+    """OpenAI chat content parts for ``text`` with one image per ``IMAGE_PLACEHOLDER``, in order.
+
+    Non-empty text pieces become ``{"type": "text", ...}`` parts; each image (uint8, (H, W) or
+    (H, W, 3)) becomes an ``image_url`` part holding a ``data:image/png;base64,...`` URL, resized
+    (nearest neighbour) to ``size`` x ``size`` pixels if ``size`` is given. Raises ValueError if the
+    number of placeholders differs from ``len(images)``.
+    """
+    return _content_parts(text, images, _image_size(size, "size"))[0]
+
+
+def _episode_images(episode, imageset) -> list[np.ndarray]:
+    return [imageset.images[int(i)] for i in episode.indices]
+
+
+def image_episode_messages(episode, imageset, size: int | None = None) -> list[dict]:
+    """Chat messages (system + user with text and image parts) for an image episode.
+
+    ``episode``: has ``indices`` (into ``imageset.images``), ``n_points``, ``n_clusters`` and
+    ``params`` (its ``"condition"``, if any, names the attribute to cluster by).
+    """
+    return _image_request(episode, imageset, size)[0]
+
+
+def _image_request(episode, imageset, size: int | None) -> tuple[list[dict], list[dict], str]:
+    """(messages sent, messages for the cache key, sha256 over the episode's image digests)."""
+    params = getattr(episode, "params", None) or {}
+    text = image_user_prompt(episode.n_points, episode.n_clusters, params.get("condition"))
+    parts, keyed = _content_parts(text, _episode_images(episode, imageset), size)
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    digests = [p["image_url"]["sha256"] for p in keyed if p["type"] == "image_url"]
+    digest = hashlib.sha256("".join(digests).encode("ascii")).hexdigest()
+    return [system, {"role": "user", "content": parts}], [system, {"role": "user", "content": keyed}], digest

@@ -63,3 +63,31 @@ def render_chat(tokenizer, messages: list[dict], answer: str | None = None) -> s
     if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to prompt + answer + eos
         return prompt + answer + (tokenizer.eos_token or "")
     return full
+
+
+# ---------------------------------------------------------------- images (Sections 4.2 and 5)
+
+#: Where each image goes in an image prompt; local models expand it to their image tokens,
+#: the OpenAI backend splits the text here into image content parts.
+IMAGE_PLACEHOLDER = "<image>"
+IMAGE_USER_TEMPLATE = ("Cluster the following images into {n_clusters} clusters{condition}. Only output the cluster "
+                       "labels for each image as a list of integers. Images: {images} Labels:")
+
+
+def image_user_prompt(n_images: int, n_clusters: int, condition: str | None = None) -> str:
+    """The user turn of an image episode: one ``IMAGE_PLACEHOLDER`` per image, in order.
+
+    ``condition`` (Section 5) names the attribute to cluster by: ``"... into 3 clusters based on the color."``
+    """
+    if int(n_images) < 1:
+        raise ValueError(f"n_images={n_images!r} is out of range; an image episode needs at least one image")
+    images = " ".join(f"{i + 1}: {IMAGE_PLACEHOLDER}" for i in range(int(n_images)))
+    cond = f" based on the {condition}" if condition else ""
+    return IMAGE_USER_TEMPLATE.format(n_clusters=int(n_clusters), condition=cond, images=images)
+
+
+def image_messages(n_images: int, n_clusters: int, condition: str | None = None,
+                   system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages (system + user, text with placeholders) for one image episode."""
+    return [{"role": "system", "content": system_prompt},
+            {"role": "user", "content": image_user_prompt(n_images, n_clusters, condition)}]
