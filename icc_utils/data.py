@@ -29,22 +29,16 @@ DEFAULT_LENGTH_RANGE = (10, 50)
 
 
 @dataclass(frozen=True)
-class Episode:
-    """One clustering problem: ``points`` (n x d, two decimals) and true ``labels`` (0..c-1)."""
+class EpisodeRecord:
+    """What every episode has (numeric or image): an id, its seed, its generator ``params``."""
 
     id: str
     seed: int
     params: dict
-    points: list = field(repr=False)
-    labels: list = field(repr=False)
 
     @property
     def n_clusters(self) -> int:
         return int(self.params["n_clusters"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.params["dim"])
 
     @property
     def n_points(self) -> int:
@@ -52,6 +46,18 @@ class Episode:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Episode(EpisodeRecord):
+    """One clustering problem: ``points`` (n x d, two decimals) and true ``labels`` (0..c-1)."""
+
+    points: list = field(repr=False)
+    labels: list = field(repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.params["dim"])
 
     @classmethod
     def from_dict(cls, d: dict) -> "Episode":

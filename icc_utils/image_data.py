@@ -17,13 +17,13 @@ from __future__ import annotations
 import io
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .data import SPLITS, _check_choice, _check_int, canonical_labels
+from .data import SPLITS, EpisodeRecord, _check_choice, _check_int, canonical_labels
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
 
 #: Class-disjoint split of the digits. The issue suggested 0-5 / 6-9, but four test classes cannot
@@ -267,7 +267,7 @@ def read_split(path: str | Path) -> dict:
 # ---------------------------------------------------------------- episodes
 
 @dataclass(frozen=True)
-class ImageEpisode:
+class ImageEpisode(EpisodeRecord):
     """One image-clustering problem: ``indices`` into an :class:`ImageSet` and true ``labels`` (0..c-1).
 
     ``params`` holds ``dataset``, ``split``, ``n_clusters``, ``n_points``, ``condition`` (None
@@ -275,22 +275,8 @@ class ImageEpisode:
     name or attribute value of cluster 0, 1, ...).
     """
 
-    id: str
-    seed: int
-    params: dict
     indices: list = field(repr=False)
     labels: list = field(repr=False)
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.params["n_clusters"])
-
-    @property
-    def n_points(self) -> int:
-        return len(self.labels)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageEpisode":
@@ -422,3 +408,467 @@ def image_manifest(path: str | Path, files: dict[str, str | Path], params: dict)
     manifest = {"params": params, "files": entries}
     write_json(path, manifest)
     return manifest
+
+
+# ---------------------------------------------------------------- text-conditioned clustering (Section 5)
+#
+# The paper's conditional image clustering (Table 3) uses ImageNet-with-Attributes (conditions
+# color, shape, pattern, texture, object) and Stanford 40 Actions (action, mood, location). Neither
+# can be downloaded here, so :func:`make_shapes_set` renders an offline stand-in whose images have
+# independent attributes; :func:`load_stanford40_actions` and :func:`load_imagenet_attributes` read
+# the paper's data when a user has it. All of them store one string per image and attribute in
+# ``ImageSet.attributes``; the empty string means "no usable value" (see :func:`clean_attribute_value`).
+
+#: Attributes of the procedural shapes set, in the order conditions are listed.
+SHAPES_CONDITIONS = ("shape", "color", "pattern")
+SHAPES_SHAPES = ("circle", "square", "triangle", "cross")
+#: Saturated, mutually distinct fill colours (RGB).
+SHAPES_COLORS = {"red": (220, 20, 20), "green": (20, 160, 40), "blue": (30, 70, 220), "yellow": (235, 200, 0)}
+SHAPES_PATTERNS = ("solid", "striped", "dotted")
+#: Stripes and dots are the fill colour times this factor (a dark shade of the same hue).
+SHAPES_MARK_SHADE = 0.3
+#: Range (inclusive) of the light grey background level.
+SHAPES_BACKGROUND_RANGE = (185, 235)
+#: Conditions of ImageNet-with-Attributes and of Stanford 40 Actions (paper, Section 5).
+IMAGENET_ATTRIBUTE_CONDITIONS = ("object", "color", "pattern", "shape", "texture")
+STANFORD40_CONDITIONS = ("action", "mood", "location")
+#: Attribute values that mean "no single value" (compared case-insensitively, after stripping).
+AMBIGUOUS_VALUES = ("ambiguous",)
+#: A value containing one of these separators lists several values, so it is not a single value.
+MULTI_VALUE_SEPARATORS = (";", "|", ",")
+_CONDITIONAL_SEED_TAG = 2002
+
+
+def _render_shape(shape: str, rgb: tuple[int, int, int], pattern: str, image_size: int, cx: float, cy: float,
+                  radius: float, background: int) -> np.ndarray:
+    """One shapes-set image: drawn at 4x resolution on a ``4*image_size`` canvas, then box-downsampled.
+
+    ``cx``, ``cy`` and ``radius`` are in reference pixels of a 16x16 image (scaled to ``image_size``).
+    Stripes (2 reference px period, horizontal) and dots (every 3rd reference px in x and y) are
+    laid on the image grid and painted only inside the shape's mask.
+    """
+    from PIL import Image, ImageDraw
+
+    canvas = 4 * image_size
+    p = canvas / 16.0  # canvas pixels per reference pixel
+    x, y, r = cx * p, cy * p, radius * p
+    mask_im = Image.new("L", (canvas, canvas), 0)
+    draw = ImageDraw.Draw(mask_im)
+    if shape == "circle":
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    elif shape == "square":
+        h = 0.88 * r  # about the circle's area
+        draw.rectangle((x - h, y - h, x + h, y + h), fill=255)
+    elif shape == "triangle":
+        big = 1.25 * r  # circumradius; vertices shifted so the triangle is centred vertically
+        draw.polygon([(x, y - 0.75 * big), (x - 0.866 * big, y + 0.75 * big), (x + 0.866 * big, y + 0.75 * big)],
+                     fill=255)
+    elif shape == "cross":
+        w = 0.45 * r  # arm half-width
+        draw.rectangle((x - r, y - w, x + r, y + w), fill=255)
+        draw.rectangle((x - w, y - r, x + w, y + r), fill=255)
+    else:
+        raise ValueError(f"shape={shape!r} is not allowed; choose one of {list(SHAPES_SHAPES)}")
+    mask = np.asarray(mask_im) > 127
+    yy, xx = np.mgrid[0:canvas, 0:canvas]
+    gy, gx = (yy // p).astype(np.int64), (xx // p).astype(np.int64)
+    if pattern == "solid":
+        marks = np.zeros_like(mask)
+    elif pattern == "striped":
+        marks = gy % 2 == 1
+    elif pattern == "dotted":
+        marks = (gy % 3 == 1) & (gx % 3 == 1)
+    else:
+        raise ValueError(f"pattern={pattern!r} is not allowed; choose one of {list(SHAPES_PATTERNS)}")
+    img = np.empty((canvas, canvas, 3), dtype=np.uint8)
+    img[...] = background
+    img[mask] = rgb
+    img[mask & marks] = tuple(int(round(v * SHAPES_MARK_SHADE)) for v in rgb)
+    small = Image.fromarray(img).resize((image_size, image_size), resample=Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.uint8)
+
+
+def make_shapes_set(n_images: int = 1200, seed: int = 0, image_size: int = 16, name: str = "shapes") -> ImageSet:
+    """A procedurally rendered, offline image set for text-conditioned clustering.
+
+    Each RGB image shows one shape whose ``shape`` (circle, square, triangle, cross), ``color``
+    (red, green, blue, yellow) and ``pattern`` (solid, striped = horizontal stripes of 2 px period,
+    dotted = dots every 3 px; stripes and dots in a dark shade of the fill colour) are drawn uniformly and independently per image;
+    ``object`` is the combination ``f"{color} {pattern} {shape}"`` (48 possible). Nuisance
+    variation, also from ``seed``: position jitter of +-2 px, radius 4..5.5 px (of a 16 px image)
+    and a light grey background level in 185..235. Drawn at 4x resolution and box-downsampled.
+    ``labels`` index ``class_names`` = the sorted objects present; ``attributes`` holds the four
+    keys above (string arrays). Deterministic in ``seed``.
+    """
+    _check_int("n_images", n_images, 1)
+    _check_int("image_size", image_size, 4)
+    rng = np.random.default_rng(seed)
+    colors = list(SHAPES_COLORS)
+    shape_i = rng.integers(0, len(SHAPES_SHAPES), size=n_images)
+    color_i = rng.integers(0, len(colors), size=n_images)
+    pattern_i = rng.integers(0, len(SHAPES_PATTERNS), size=n_images)
+    jitter = rng.uniform(-2.0, 2.0, size=(n_images, 2))
+    radius = rng.uniform(4.0, 5.5, size=n_images)
+    background = rng.integers(SHAPES_BACKGROUND_RANGE[0], SHAPES_BACKGROUND_RANGE[1] + 1, size=n_images)
+    shapes = np.array([SHAPES_SHAPES[i] for i in shape_i])
+    cols = np.array([colors[i] for i in color_i])
+    patterns = np.array([SHAPES_PATTERNS[i] for i in pattern_i])
+    objects = np.array([f"{c} {p} {s}" for c, p, s in zip(cols, patterns, shapes)])
+    images = np.stack([
+        _render_shape(shapes[i], SHAPES_COLORS[cols[i]], patterns[i], image_size, 8.0 + jitter[i, 0],
+                      8.0 + jitter[i, 1], float(radius[i]), int(background[i]))
+        for i in range(n_images)])
+    class_names = sorted(set(objects.tolist()))
+    lookup = {o: k for k, o in enumerate(class_names)}
+    labels = np.array([lookup[o] for o in objects], dtype=np.int64)
+    return ImageSet(name=name, images=images, labels=labels, class_names=class_names,
+                    attributes={"shape": shapes, "color": cols, "pattern": patterns, "object": objects})
+
+
+def _object_values(imageset: ImageSet, conditions: Sequence[str], object_key: str) -> dict[str, tuple]:
+    """Each object's value of every condition (checked to be the same for all its images)."""
+    attrs = imageset.attributes or {}
+    for key in [object_key, *conditions]:
+        if key not in attrs:
+            raise ValueError(f"{key!r} is not an attribute of {imageset.name!r}; choose from {sorted(attrs)}")
+    table: dict[str, tuple] = {}
+    columns = [np.asarray(attrs[k]) for k in conditions]
+    for i, obj in enumerate(np.asarray(attrs[object_key])):
+        values = tuple(str(col[i]) for col in columns)
+        if table.setdefault(str(obj), values) != values:
+            raise ValueError(f"object {obj!r} has images with different attribute values "
+                             f"({table[str(obj)]} vs {values}); an object must be one attribute combination")
+    return table
+
+
+def combination_split(imageset: ImageSet, test_fraction: float = 0.3, seed: int = 0,
+                      conditions: Sequence[str] = SHAPES_CONDITIONS, object_key: str = "object",
+                      require_test_coverage: bool = True, max_tries: int = 10_000) -> dict:
+    """Split the attribute COMBINATIONS (objects) into train and test (compositional generalisation).
+
+    Test images use objects never seen in training, while every value of every condition still
+    appears among the training objects; with ``require_test_coverage`` (default) every value also
+    appears among the test objects, so test episodes can use every cluster count. Draws seeded
+    permutations (one generator from ``seed``) until the constraints hold; ValueError if none of
+    ``max_tries`` does. Returns ``{"train": [...], "test": [...], "seed": seed}`` (sorted object
+    lists), which :func:`write_split` / :func:`read_split` store.
+    """
+    table = _object_values(imageset, conditions, object_key)
+    objects = sorted(table)
+    if len(objects) < 2:
+        raise ValueError(f"{imageset.name!r} has {len(objects)} objects; a split needs at least 2")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} is out of range; it must be in (0, 1)")
+    n_test = int(round(float(test_fraction) * len(objects)))
+    if not 1 <= n_test <= len(objects) - 1:
+        raise ValueError(f"test_fraction={test_fraction!r} gives {n_test} of {len(objects)} test objects; "
+                         f"both splits must be non-empty")
+    _check_int("max_tries", max_tries, 1)
+    all_values = [{table[o][k] for o in objects} for k in range(len(conditions))]
+    rng = np.random.default_rng(seed)
+    for _ in range(max_tries):
+        order = rng.permutation(len(objects))
+        test = sorted(objects[i] for i in order[:n_test])
+        train = sorted(objects[i] for i in order[n_test:])
+        ok = all({table[o][k] for o in train} == all_values[k] for k in range(len(conditions)))
+        if ok and require_test_coverage:
+            ok = all({table[o][k] for o in test} == all_values[k] for k in range(len(conditions)))
+        if ok:
+            return {"train": train, "test": test, "seed": int(seed)}
+    raise ValueError(f"no split of {len(objects)} objects into {len(objects) - n_test} train / {n_test} test found "
+                     f"in {max_tries} tries where every value of {list(conditions)} appears in train"
+                     + (" and test" if require_test_coverage else "")
+                     + "; change test_fraction or pass require_test_coverage=False")
+
+
+def is_missing_value(value) -> bool:
+    """True for a value that cannot label a cluster: None, NaN, empty, or ``ambiguous``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return True
+    text = str(value).strip()
+    return text == "" or text.lower() in AMBIGUOUS_VALUES
+
+
+def conditional_seed(root_seed: int, split: str, condition: str, n_clusters: int, index: int) -> int:
+    """The 64-bit seed of one conditional episode, from (root seed, split, condition, c, index)."""
+    import zlib
+
+    _check_choice("split", split, list(SPLITS))
+    entropy = [int(root_seed), _CONDITIONAL_SEED_TAG, SPLITS[split], zlib.crc32(str(condition).encode("utf-8")),
+               int(n_clusters), int(index)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def make_conditional_episodes(imageset: ImageSet, objects: Sequence[str] | None, conditions: Sequence[str],
+                              n_clusters_list: Sequence[int], n_per_c: int, root_seed: int, split: str,
+                              length_range: tuple[int, int] = DEFAULT_IMAGE_LENGTH_RANGE,
+                              object_key: str = "object") -> list[ImageEpisode]:
+    """Text-conditioned episodes: for every condition and c, ``n_per_c`` episodes clustered by that attribute.
+
+    Only images whose ``attributes[object_key]`` is in ``objects`` (all images when ``objects`` is
+    None) and whose value of the condition is usable (:func:`is_missing_value` is False) are
+    drawn; the clusters are values of the condition among them. ``indices`` point into the FULL
+    ``imageset``; ``params["condition"]`` names the condition (for the prompt) and
+    ``params["n_objects"]`` the number of allowed objects. Seeds come from
+    :func:`conditional_seed`; ids are ``<split>-<dataset>-<condition>-c<c>-<i>``.
+    """
+    _check_choice("split", split, list(SPLITS))
+    _check_int("n_per_c", n_per_c, 1)
+    attrs = imageset.attributes or {}
+    if objects is None:
+        allowed = np.ones(imageset.n_images, dtype=bool)
+        n_objects = None
+    else:
+        if object_key not in attrs:
+            raise ValueError(f"object_key={object_key!r} is not an attribute of {imageset.name!r}; "
+                             f"choose from {sorted(attrs)}")
+        wanted = {str(o) for o in objects}
+        known = {str(v) for v in attrs[object_key]}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise ValueError(f"objects {unknown[:5]} are not values of {object_key!r} in {imageset.name!r}")
+        allowed = np.array([str(v) in wanted for v in attrs[object_key]], dtype=bool)
+        n_objects = len(wanted)
+    episodes = []
+    for condition in conditions:
+        if condition not in attrs:
+            raise ValueError(f"condition {condition!r} is not an attribute of {imageset.name!r}; "
+                             f"choose from {sorted(attrs)}")
+        usable = allowed & ~np.array([is_missing_value(v) for v in attrs[condition]], dtype=bool)
+        keep = np.flatnonzero(usable)
+        if not len(keep):
+            raise ValueError(f"no image of the allowed objects has a usable {condition!r} value")
+        sub = imageset.subset(keep)
+        values = sorted({str(v).strip() for v in sub.attributes[condition]})
+        sub = ImageSet(name=sub.name, images=sub.images, labels=sub.labels, class_names=sub.class_names,
+                       attributes={condition: np.array([str(v).strip() for v in sub.attributes[condition]])})
+        for c in n_clusters_list:
+            _check_int("n_clusters", c, 1)
+            for i in range(n_per_c):
+                seed = conditional_seed(root_seed, split, condition, c, i)
+                e = generate_image_episode(sub, values, c, seed, length_range=length_range,
+                                           episode_id=f"{split}-{imageset.name}-{condition}-c{c}-{i:04d}",
+                                           split=split, label_key=condition)
+                params = dict(e.params, dataset=imageset.name, condition=condition, n_objects=n_objects)
+                episodes.append(ImageEpisode(id=e.id, seed=e.seed, params=params,
+                                             indices=[int(keep[j]) for j in e.indices], labels=list(e.labels)))
+    return episodes
+
+
+# ---------------------------------------------------------------- loaders for the paper's data
+
+def clean_attribute_value(value, agreement: float | None = None, min_agreement: float = 0.0) -> str:
+    """The filtering rule for annotated attributes: the stripped value if it is ONE usable value, else "".
+
+    A value is dropped (returned as "") when it is empty/None/NaN, ``ambiguous`` (any case), lists
+    several values (contains ``;``, ``|`` or ``,``), or its annotator ``agreement`` (0..1, when
+    given) is below ``min_agreement``. Images with "" are skipped by
+    :func:`make_conditional_episodes` for that condition only.
+    """
+    if is_missing_value(value):
+        return ""
+    text = str(value).strip()
+    if any(sep in text for sep in MULTI_VALUE_SEPARATORS):
+        return ""
+    if agreement is not None and float(agreement) < float(min_agreement):
+        return ""
+    return text
+
+
+def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {missing}; it has {columns}")
+    return columns, rows
+
+
+def _load_resized(path: Path, image_size: int) -> np.ndarray | None:
+    """One image as uint8 RGB ``image_size x image_size`` (bilinear), or None with a warning if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (image_size, image_size))  # fast JPEG decoding at reduced scale; no-op otherwise
+            im = im.convert("RGB").resize((image_size, image_size), resample=Image.Resampling.BILINEAR)
+    except (OSError, ValueError, SyntaxError) as exc:
+        warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=3)
+        return None
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _stanford40_action(file_name: str) -> str:
+    stem = Path(file_name).stem
+    if "_" not in stem:
+        raise ValueError(f"{file_name!r} is not a Stanford 40 Actions file name (<action>_<number>.jpg)")
+    return stem.rsplit("_", 1)[0]
+
+
+def load_stanford40_actions(root: str | Path, image_size: int = 64, split: str | None = None,
+                            annotations: str = "icc_annotations.csv") -> ImageSet:
+    """Load Stanford 40 Actions (Yao et al., 2011) for conditional clustering (no download).
+
+    Expected layout (the official release, http://vision.stanford.edu/Datasets/40actions.html):
+    ``root/JPEGImages/<action>_<nnn>.jpg`` (the action is the file name without its last
+    ``_<number>``, e.g. ``applauding_001.jpg`` -> ``applauding``); optionally
+    ``root/ImageSplits/actions.txt`` (header line, then ``<action>\\t<count>``; gives the class
+    list) and ``root/ImageSplits/<action>_train.txt`` / ``<action>_test.txt`` (one file name a line;
+    they set ``attributes["split"]``, and ``split="train"|"test"`` loads only those images).
+
+    Mood and location labels are NOT part of the original release (they were added for
+    text-criterion clustering, IC|TC, Kwon et al. 2024, and reused by the paper). Put them in
+    ``root/<annotations>`` (default ``icc_annotations.csv``), a CSV with columns
+    ``image,action,mood,location`` (``image`` = file name in ``JPEGImages``; extra columns are kept
+    too). Each value goes through :func:`clean_attribute_value` (empty/ambiguous/multi-valued -> "",
+    skipped for that condition); images absent from the CSV get "". A non-empty CSV ``action``
+    must match the file name's action. ``labels`` index the actions; ``attributes["action"]`` is
+    always set; ``paths`` are ``JPEGImages/<file>``; images are resized to ``image_size`` square.
+    """
+    _check_int("image_size", image_size, 1)
+    if split is not None:
+        _check_choice("split", split, ["train", "test"])
+    root = Path(root)
+    jpeg_dir = root / "JPEGImages"
+    if not jpeg_dir.is_dir():
+        raise FileNotFoundError(f"Stanford 40 Actions images not found: expected {jpeg_dir} holding "
+                                f"<action>_<nnn>.jpg files from the official release "
+                                f"(http://vision.stanford.edu/Datasets/40actions.html); nothing is downloaded")
+    files = sorted(p.name for p in jpeg_dir.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{jpeg_dir} holds no images (expected <action>_<nnn>.jpg files)")
+    split_dir = root / "ImageSplits"
+    split_of: dict[str, str] = {}
+    if split_dir.is_dir():
+        for which in ("train", "test"):
+            for lst in sorted(split_dir.glob(f"*_{which}.txt")):
+                for line in lst.read_text(encoding="utf-8").split():
+                    split_of[line.strip()] = which
+    if split is not None:
+        if not split_of:
+            raise FileNotFoundError(f"split={split!r} needs the lists {split_dir}/<action>_{split}.txt "
+                                    f"of the official release")
+        files = [f for f in files if split_of.get(f) == split]
+        if not files:
+            raise ValueError(f"no image of {jpeg_dir} is listed in {split_dir}/*_{split}.txt")
+    actions_txt = split_dir / "actions.txt"
+    if actions_txt.is_file():
+        lines = [ln.split()[0] for ln in actions_txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        class_names = [a for a in lines if a != "action_name"]
+    else:
+        class_names = sorted({_stanford40_action(f) for f in files})
+    extra: dict[str, dict[str, str]] = {}
+    extra_cols: list[str] = []
+    csv_path = root / annotations
+    if csv_path.is_file():
+        columns, rows = _read_csv_rows(csv_path, ["image"])
+        extra_cols = [c for c in columns if c != "image"]
+        for row in rows:
+            extra[Path(str(row["image"]).strip()).name] = {c: clean_attribute_value(row.get(c)) for c in extra_cols}
+    images, labels, paths, kept = [], [], [], []
+    for f in files:
+        action = _stanford40_action(f)
+        if action not in class_names:
+            raise ValueError(f"{f}: action {action!r} is not in {actions_txt} ({len(class_names)} actions)")
+        given = extra.get(f, {}).get("action", "")
+        if given and given != action:
+            raise ValueError(f"{csv_path}: image {f} has action {given!r} but its file name says {action!r}")
+        arr = _load_resized(jpeg_dir / f, image_size)
+        if arr is None:
+            continue
+        images.append(arr)
+        labels.append(class_names.index(action))
+        paths.append(f"JPEGImages/{f}")
+        kept.append(f)
+    if not images:
+        raise ValueError(f"{jpeg_dir} has no readable images")
+    attributes = {"action": np.array([_stanford40_action(f) for f in kept])}
+    if split_of:
+        attributes["split"] = np.array([split_of.get(f, "") for f in kept])
+    for col in extra_cols:
+        if col != "action":
+            attributes[col] = np.array([extra.get(f, {}).get(col, "") for f in kept])
+    return ImageSet(name="stanford40", images=np.stack(images), labels=np.asarray(labels, dtype=np.int64),
+                    class_names=class_names, paths=paths, attributes=attributes)
+
+
+def load_imagenet_attributes(root: str | Path, image_size: int = 64, min_agreement: float = 2 / 3,
+                             conditions: Sequence[str] = IMAGENET_ATTRIBUTE_CONDITIONS) -> ImageSet:
+    """Load ImageNet-with-Attributes for conditional clustering (no download; the paper's files are not public).
+
+    Expected layout: images in ImageFolder form ``root/images/<wnid>/<file>`` and an attribute
+    table ``root/attributes.csv`` with columns ``image,object,color,pattern,shape,texture``
+    (``image`` = path relative to ``root/images``, ``<wnid>/<file>``, or a bare file name that is
+    unique under it). Only images listed in the table are loaded (one row each).
+
+    Filtering rule (per image and condition, :func:`clean_attribute_value`): a value is kept only
+    if it is a single, non-empty value that is not ``ambiguous`` (a value listing several with
+    ``;``, ``|`` or ``,`` is dropped) and, when the table has a column ``<condition>_agreement``
+    (fraction of annotators agreeing, 0..1), that fraction is at least ``min_agreement`` (default
+    2/3, e.g. two of three annotators). A dropped value is stored as "" and the image is skipped
+    for THAT condition only by :func:`make_conditional_episodes`. The ``object`` falls back to the
+    image's folder (``wnid``) when its cell is dropped, since the ImageNet class is always known;
+    ``labels`` index the sorted objects. Conditions missing from the table are all "".
+    """
+    _check_int("image_size", image_size, 1)
+    if not 0.0 <= float(min_agreement) <= 1.0:
+        raise ValueError(f"min_agreement={min_agreement!r} is out of range; it must be in [0, 1]")
+    root = Path(root)
+    image_dir, table = root / "images", root / "attributes.csv"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"ImageNet-with-Attributes images not found: expected {image_dir}/<wnid>/<file> "
+                                f"(ImageFolder layout); nothing is downloaded")
+    if not table.is_file():
+        raise FileNotFoundError(f"ImageNet-with-Attributes table not found: expected {table} with columns "
+                                f"image,{','.join(IMAGENET_ATTRIBUTE_CONDITIONS)}")
+    columns, rows = _read_csv_rows(table, ["image"])
+    if not any(c in columns for c in conditions):
+        raise ValueError(f"{table} has none of the condition columns {list(conditions)}; it has {columns}")
+    by_rel: dict[str, Path] = {}
+    by_name: dict[str, list[Path]] = {}
+    for p in sorted(image_dir.glob("*/*")):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
+            by_rel[f"{p.parent.name}/{p.name}"] = p
+            by_name.setdefault(p.name, []).append(p)
+    images, paths = [], []
+    values: dict[str, list[str]] = {c: [] for c in conditions}
+    seen: set[Path] = set()
+    for row in rows:
+        ref = str(row.get("image") or "").strip().replace("\\", "/")
+        path = by_rel.get(ref)
+        if path is None and len(by_name.get(Path(ref).name, [])) == 1:
+            path = by_name[Path(ref).name][0]
+        if path is None:
+            warnings.warn(f"{table}: image {ref!r} is not (uniquely) found under {image_dir}; skipped", stacklevel=2)
+            continue
+        if path in seen:
+            raise ValueError(f"{table}: image {ref!r} is listed twice")
+        seen.add(path)
+        arr = _load_resized(path, image_size)
+        if arr is None:
+            continue
+        images.append(arr)
+        paths.append(f"images/{path.parent.name}/{path.name}")
+        for c in conditions:
+            agree = row.get(f"{c}_agreement")
+            agree = None if agree is None or str(agree).strip() == "" else float(agree)
+            v = clean_attribute_value(row.get(c), agree, min_agreement)
+            if c == "object" and v == "":
+                v = path.parent.name
+            values[c].append(v)
+    if not images:
+        raise ValueError(f"no image listed in {table} could be loaded from {image_dir}")
+    attributes = {c: np.array(v) for c, v in values.items()}
+    if "object" in attributes:
+        objects = attributes["object"]
+    else:
+        objects = np.array([p.split("/")[1] for p in paths])
+    class_names = sorted(set(objects.tolist()))
+    labels = np.array([class_names.index(o) for o in objects], dtype=np.int64)
+    return ImageSet(name="imagenet-attributes", images=np.stack(images), labels=labels, class_names=class_names,
+                    paths=paths, attributes=attributes)
