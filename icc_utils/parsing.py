@@ -5,6 +5,8 @@ import re
 
 INVALID = -1
 _INT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\]")
+#: A list cut off by the token budget: it opens, holds integers, and the reply ends inside it.
+_CUT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\Z")
 
 
 def parse_labels(reply, n_points: int) -> list[int]:
@@ -12,6 +14,9 @@ def parse_labels(reply, n_points: int) -> list[int]:
 
     Too short: padded with -1 (counted wrong, never matched to a true cluster); too long:
     truncated; nothing parseable (or not a string): all -1. Negative labels become -1.
+    If the reply holds no closed list but ends inside one (``"[0, 1, 0, 1, 1"``: the token budget
+    ran out while the model was still writing labels), that list is read and padded or truncated
+    the same way; :func:`is_well_formed` still counts such a reply as malformed.
     """
     try:
         n = max(int(n_points), 0)
@@ -19,7 +24,7 @@ def parse_labels(reply, n_points: int) -> list[int]:
         return []
     if not isinstance(reply, str):
         return [INVALID] * n
-    match = _INT_LIST.search(reply)
+    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
     if match is None:
         return [INVALID] * n
     labels = []

@@ -64,7 +64,15 @@ def test_pad_truncate_and_invalid():
     assert parse_labels("[0,1,]", 2) == [0, 1]
     assert parse_labels("```python\n[ 0 ,\n 1 ]\n```", 2) == [0, 1]
     assert parse_labels("[]", 2) == [-1, -1]
-    assert parse_labels("[0, 1", 2) == [-1, -1]  # unclosed: not a list
+    # a list cut off by the token budget (the reply ends inside it) is read, then padded / truncated
+    assert parse_labels("[0, 1", 2) == [0, 1]
+    assert parse_labels("[0, 1, 1, 0, 1, ", 3) == [0, 1, 1]
+    assert parse_labels("[1", 3) == [1, -1, -1]
+    assert not is_well_formed("[0, 1", 2)
+    # ... but not a list that stops before the end of the reply, and a closed list comes first
+    assert parse_labels("[0, 1 and then some text", 2) == [-1, -1]
+    assert parse_labels("[0, 1, 1] then [1, 0", 3) == [0, 1, 1]
+    assert parse_labels("[1, 0 garbage [0, 1]", 2) == [0, 1]
 
 
 def test_is_well_formed():
