@@ -450,9 +450,11 @@ def _attention_probs(module, hidden, position_embeddings, query_index=None):
     return torch.softmax(scores, dim=-1)
 
 
-def _run_with_hooks(model, input_ids, layers: Sequence[int], on_layer, query_index=None) -> None:
+def _run_with_hooks(model, input_ids, layers: Sequence[int], on_layer, query_index=None,
+                    extra_inputs: dict | None = None) -> None:
     """One forward pass; for each layer in ``layers`` call ``on_layer(layer, probs)`` with that layer's
-    probabilities ``(H, R, T)``; stops after the last requested layer."""
+    probabilities ``(H, R, T)``; stops after the last requested layer. ``extra_inputs`` (a
+    multimodal model's ``pixel_values``) go to the forward too."""
     import torch
 
     mods = decoder_layers(model)
@@ -474,7 +476,7 @@ def _run_with_hooks(model, input_ids, layers: Sequence[int], on_layer, query_ind
     ids = torch.as_tensor([list(input_ids)], dtype=torch.long, device=device)
     try:
         with torch.inference_mode():
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids, use_cache=False, **{k: v.to(device) for k, v in (extra_inputs or {}).items()})
     except _StopForward:
         pass
     finally:
@@ -546,12 +548,14 @@ class AttentionBlocks:
         return path
 
 
-def extract_attention_blocks(model, tokens: EpisodeTokens, layers="all", heads: str = "mean") -> AttentionBlocks:
+def extract_attention_blocks(model, tokens: EpisodeTokens, layers="all", heads: str = "mean",
+                             extra_inputs: dict | None = None) -> AttentionBlocks:
     """``A^II`` (and ``A^OI``, ``A^OO`` when ``tokens`` has label positions) at the requested layers.
 
     One forward pass; per layer only the query rows of points and labels are recomputed and reduced
     at once to ``2m x 2m`` blocks (see the module docstring). ``heads``: ``"mean"`` (average over
-    heads) or ``"all"`` (one block matrix per head).
+    heads) or ``"all"`` (one block matrix per head). ``extra_inputs``: e.g. ``pixel_values`` when the
+    segments are images (notebook 05, Figure 13).
     """
     import torch
 
@@ -571,7 +575,7 @@ def extract_attention_blocks(model, tokens: EpisodeTokens, layers="all", heads: 
             blocks = blocks.mean(dim=0)
         out[idx] = blocks.cpu().numpy().astype(np.float32)
 
-    _run_with_hooks(model, tokens.input_ids, layers, on_layer, query_index=rows)
+    _run_with_hooks(model, tokens.input_ids, layers, on_layer, query_index=rows, extra_inputs=extra_inputs)
     stacked = np.stack([out[i] for i in layers])
     ii = stacked[..., :m, :m]
     oi = oo = None

@@ -97,19 +97,23 @@ def row_name(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(method.eq(model) | method.eq(""), model, model + " " + method), index=df.index)
 
 
+def chance_scores(episode, index: int, n_draws: int = 20, seed: int = 0) -> dict:
+    """Accuracy, ARI, NMI of uniformly random labels in 0..c-1, averaged over ``n_draws`` draws seeded by (seed, index)."""
+    from .metrics import score as _score
+    rng = np.random.default_rng([seed, index])
+    draws = [_score(episode.labels, rng.integers(0, episode.n_clusters, episode.n_points)) for _ in range(n_draws)]
+    return {k: float(np.mean([d[k] for d in draws])) for k in ("accuracy", "ari", "nmi")}
+
+
 def chance_rows(episodes: Sequence, n_draws: int = 20, seed: int = 0) -> pd.DataFrame:
     """Chance level: scores of uniformly random labels in 0..c-1, averaged over ``n_draws`` seeded draws per episode."""
-    from .metrics import score as _score
     rows = []
     for i, ep in enumerate(episodes):
-        rng = np.random.default_rng([seed, i])
-        draws = [_score(ep.labels, rng.integers(0, ep.n_clusters, ep.n_points)) for _ in range(n_draws)]
         df = ep.params["df"]
         rows.append({"model": "chance", "method": "random labels", "episode_id": ep.id,
                      "distribution": ep.params["distribution"], "df": np.inf if df is None else float(df),
                      "n_clusters": ep.n_clusters, "dim": ep.dim, "n_points": ep.n_points,
-                     **{k: float(np.mean([d[k] for d in draws])) for k in ("accuracy", "ari", "nmi")},
-                     "well_formed": True, "n_pred_clusters": ep.n_clusters})
+                     **chance_scores(ep, i, n_draws, seed), "well_formed": True, "n_pred_clusters": ep.n_clusters})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 

@@ -202,7 +202,8 @@ def data_sha256(episodes: Sequence[Episode]) -> str:
     """A fingerprint of the training episodes (ids, points, labels, in order)."""
     h = hashlib.sha256()
     for ep in episodes:
-        h.update(json.dumps([ep.id, ep.points, ep.labels], separators=(",", ":")).encode())
+        content = ep.points if hasattr(ep, "points") else ep.indices   # numeric or image episode
+        h.update(json.dumps([ep.id, content, ep.labels], separators=(",", ":")).encode())
     return h.hexdigest()
 
 
@@ -216,15 +217,7 @@ def _end_of_turn_ids(tokenizer) -> set[int]:
 
 
 def encode_training_example(tokenizer, episode: Episode, known_k: bool = True) -> dict:
-    """Token ids and labels for one episode: ``-100`` on every prompt token, ids on the answer.
-
-    The prompt is the chat template with the generation prompt; the full text is the chat
-    template with the answer as the assistant turn. The prompt's tokens must be a prefix of
-    the full text's tokens (else ``ValueError``). The labelled part is the continuation up to
-    and including the first end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, ...); whatever
-    the template writes after it (e.g. ChatML's newline) is dropped, as generation stops there.
-    If the template writes no end-of-turn token, the eos token is appended.
-    """
+    """Token ids and labels for one numeric episode (see :func:`encode_chat_example`)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template; "
                          "fine-tuning uses the model's own chat template (use an -Instruct model)")
@@ -232,6 +225,19 @@ def encode_training_example(tokenizer, episode: Episode, known_k: bool = True) -
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": answer_text(episode.labels)}], tokenize=False)
+    return encode_chat_example(tokenizer, prompt, full, episode.id)
+
+
+def encode_chat_example(tokenizer, prompt: str, full: str, name: str = "?") -> dict:
+    """Token ids and labels for one rendered example: ``-100`` on every prompt token, ids on the answer.
+
+    ``prompt`` is the chat template with the generation prompt; ``full`` is the chat template with
+    the answer as the assistant turn. The prompt's tokens must be a prefix of the full text's
+    tokens (else ``ValueError``). The labelled part is the continuation up to and including the
+    first end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, ...); whatever the template writes
+    after it (e.g. ChatML's newline) is dropped, as generation stops there. If the template
+    writes no end-of-turn token, the eos token is appended.
+    """
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     full_ids = tokenizer(full, add_special_tokens=False).input_ids
     if full_ids[:len(prompt_ids)] != prompt_ids:
@@ -248,7 +254,7 @@ def encode_training_example(tokenizer, episode: Episode, known_k: bool = True) -
     else:
         answer = answer[:cut + 1]
     if len(answer) < 2:
-        raise ValueError(f"episode {episode.id}: empty answer span after the chat template")
+        raise ValueError(f"episode {name}: empty answer span after the chat template")
     return {"input_ids": prompt_ids + answer, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer}
 
 
@@ -308,19 +314,20 @@ def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_only_loss(model, input_ids, attention_mask, labels, num_items: int | None = None):
+def answer_only_loss(model, input_ids, attention_mask, labels, num_items: int | None = None, **inputs):
     """Next-token cross-entropy on the answer tokens, with logits computed only there.
 
     The model runs through its own ``forward`` (so DDP / DeepSpeed hooks fire) with
     ``logits_to_keep=1``; its final (normed) hidden states at positions whose *next* label is
     not -100 go through the LM head. Returns the sum of token losses divided by ``num_items``
     (the number of answer tokens in the whole accumulated batch) or, if ``None``, by this
-    batch's answer-token count: the same value as the standard shifted, masked loss.
+    batch's answer-token count: the same value as the standard shifted, masked loss. Further
+    ``inputs`` (a multimodal model's ``pixel_values``) go to the model's forward.
     """
     import torch.nn.functional as F
 
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
+                logits_to_keep=1, use_cache=False, **inputs)
     hidden = out.hidden_states[-1][:, :-1]          # (B, T-1, H): position t predicts token t+1
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
@@ -404,8 +411,9 @@ def _make_trainer_class():
             return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
             loss = answer_only_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                    num_items_in_batch)
+                                    num_items_in_batch, **extra)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
             return (loss, None) if return_outputs else loss
@@ -477,7 +485,8 @@ def _make_callback(output_dir: Path, cfg: FinetuneConfig, world_size: int, n_exa
 
 def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir: str | Path, resume: bool = True,
           on_eval: Callable | None = None, eval_every_steps: int | None = None,
-          callbacks: Sequence = ()) -> TrainResult:
+          callbacks: Sequence = (), model_loader: Callable | None = None, make_dataset: Callable | None = None,
+          collate_fn: Callable | None = None, lora_overrides: dict | None = None) -> TrainResult:
     """Fine-tune ``config.model`` with LoRA on ``train_episodes``; the adapter goes to ``output_dir``.
 
     * A finished run with the same config (bookkeeping fields aside) and data is reused as is.
@@ -489,6 +498,11 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
       of ``eval_curve.csv``.
     * ``max_train_seconds`` stops cleanly (checkpoint + adapter, ``finished=False``); call
       again to continue.
+    * Other models and data (notebook 05's multimodal model): ``model_loader(config) -> (model,
+      tokenizer)`` replaces the text-model loader, ``make_dataset(episodes, tokenizer, n_epochs)``
+      the text dataset, ``collate_fn(examples, pad_id)`` the text collator, and ``lora_overrides``
+      (e.g. ``target_modules`` as a regex, ``modules_to_save``) update the ``LoraConfig`` (keys
+      starting with ``_`` are only recorded, as part of the run's identity).
     """
     import pandas as pd
     import torch
@@ -512,10 +526,12 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     meta = {"config": config.to_dict(), "n_episodes": len(train_episodes),
             "n_examples_per_epoch": len(train_episodes) * config.n_permutations,
             "data_sha256": data_sha256(train_episodes), "base_model": resolve_local_model(config.model)}
+    if lora_overrides:
+        meta["lora_overrides"] = dict(lora_overrides)
 
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
-        and old["data_sha256"] == meta["data_sha256"]
+        and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides")
     if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists():
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
                            old["train_seconds"], old.get("final_loss"))
@@ -531,10 +547,15 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
     # ---- model: frozen base (fp32 or bf16) + LoRA in fp32, seeded
     _seed_everything(config.seed)
-    model, tok = load_model_and_tokenizer(config.model, dtype=config.weights_dtype)
+    if model_loader is not None:
+        model, tok = model_loader(config)
+    else:
+        model, tok = load_model_and_tokenizer(config.model, dtype=config.weights_dtype)
     model.config.use_cache = False
+    lora_kwargs = {"target_modules": list(config.target_modules),
+                   **{k: v for k, v in (lora_overrides or {}).items() if not k.startswith("_")}}
     lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
+                      lora_dropout=config.lora_dropout, **lora_kwargs)
     model = get_peft_model(model, lora)   # adapter weights are float32 (autocast_adapter_dtype)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
@@ -543,7 +564,8 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     per_step = config.effective_batch_size * world_size
     n_items = len(train_episodes) * config.n_permutations
     n_epochs = config.n_epochs if config.max_steps is None else max(1, math.ceil(config.max_steps * per_step / n_items))
-    dataset = EpisodeDataset(train_episodes, tok, config.n_permutations, config.seed, n_epochs)
+    dataset = (make_dataset(train_episodes, tok, n_epochs) if make_dataset is not None
+               else EpisodeDataset(train_episodes, tok, config.n_permutations, config.seed, n_epochs))
     max_steps = config.max_steps or math.ceil(len(dataset) / per_step)
 
     args = TrainingArguments(
@@ -574,7 +596,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     recorder = _make_callback(output_dir, config, world_size, len(dataset), offset, rows, eval_rows, on_eval,
                               eval_every_steps, tok)
     trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset,
-                                    data_collator=lambda ex: collate(ex, pad_id),
+                                    data_collator=lambda ex: (collate_fn or collate)(ex, pad_id),
                                     callbacks=[recorder, *callbacks])
     trainer.train(resume_from_checkpoint=str(last) if last else None)
 

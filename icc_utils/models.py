@@ -405,8 +405,11 @@ class LocalChatModel:
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def generate_batch(self, prompts: Sequence[str], n_points=None, n_clusters=None,
-                       constrained: bool = False) -> list[dict]:
-        """Generate for one batch of rendered prompts; returns ``{"reply", "usage"}`` per prompt."""
+                       constrained: bool = False, extra_inputs: dict | None = None) -> list[dict]:
+        """Generate for one batch of rendered prompts; returns ``{"reply", "usage"}`` per prompt.
+
+        ``extra_inputs`` go to ``model.generate`` too (a multimodal model's ``pixel_values``).
+        """
         import torch
         from transformers import LogitsProcessorList
 
@@ -422,7 +425,8 @@ class LocalChatModel:
             from .decoding import AnswerConstraintProcessor
             processors.append(AnswerConstraintProcessor(tok, n_points, n_clusters, self._eos_ids))
         with torch.inference_mode():
-            out = model.generate(**enc, generation_config=self.generation_config(max_new),
+            extra = {k: v.to(device) if hasattr(v, "to") else v for k, v in (extra_inputs or {}).items()}
+            out = model.generate(**enc, **extra, generation_config=self.generation_config(max_new),
                                  logits_processor=processors)
         prompt_len = enc["input_ids"].shape[1]
         eos = set(self._eos_ids)
@@ -465,26 +469,39 @@ class LocalChatModel:
     def predict(self, episodes: Sequence, known_k: bool = True, constrained: bool = False, cache=None,
                 desc: str | None = None) -> list[Prediction]:
         """Predict every episode; cached replies are reused and new ones cached batch by batch."""
+        episodes = list(episodes)
+        return self.predict_prompts(episodes, [self.render(ep, known_k) for ep in episodes],
+                                    [ep.n_clusters if known_k else None for ep in episodes], constrained, cache, desc)
+
+    def predict_prompts(self, episodes: Sequence, prompts: Sequence[str], n_clusters: Sequence[int | None],
+                        constrained: bool = False, cache=None, desc: str | None = None,
+                        key_salts: Sequence[str] | None = None, batch_inputs=None) -> list[Prediction]:
+        """Predict already-rendered prompts (one per episode) through the reply cache.
+
+        ``key_salts`` (one string per prompt, e.g. a hash of the episode's images) join the cache
+        key; ``batch_inputs(indices)`` returns extra ``generate`` inputs for a batch of episodes
+        (a multimodal model's ``pixel_values``, in the order of the image tokens).
+        """
         from .cache import ReplyCache, cache_key
 
-        episodes = list(episodes)
         cache = cache if cache is not None else ReplyCache(None)
-        prompts = [self.render(ep, known_k) for ep in episodes]
         decoding = self.decoding_settings(constrained)
-        keys = [cache_key("local", self.model_id, p, decoding) for p in prompts]
+        salts = list(key_salts) if key_salts is not None else [None] * len(prompts)
+        keys = [cache_key("local", self.model_id, p if s is None else [p, s], decoding) for p, s in zip(prompts, salts)]
         was_cached = [k in cache for k in keys]
         todo, seen = [], set()
         for i, k in enumerate(keys):
             if not was_cached[i] and k not in seen:
                 seen.add(k)
                 todo.append(i)
-        cs = [ep.n_clusters if known_k else None for ep in episodes]
+        cs = list(n_clusters)
         with tqdm(total=len(episodes), desc=desc or self.name, leave=False) as bar:
             bar.update(len(episodes) - len(todo))
             for batch in self.plan_batches([prompts[i] for i in todo]):
                 idx = [todo[j] for j in batch]
                 results = self.generate_batch([prompts[i] for i in idx], [episodes[i].n_points for i in idx],
-                                              [cs[i] for i in idx], constrained)
+                                              [cs[i] for i in idx], constrained,
+                                              extra_inputs=batch_inputs(idx) if batch_inputs else None)
                 for i, res in zip(idx, results):
                     cache.put(keys[i], {"reply": res["reply"], "episode_id": episodes[i].id,
                                         "model": self.model_id, "usage": res["usage"]})

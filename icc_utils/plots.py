@@ -256,3 +256,32 @@ def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
         ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
     _finish_accuracy_axes(ax, "training episodes seen", "accuracy (greedy, free decoding)", title)
     return fig
+
+
+def plot_image_clusters(images: np.ndarray, predicted, captions=None, ncols: int = 10, size: float = 1.1,
+                        title: str | None = None):
+    """Figure 12: each image framed in the colour of its predicted cluster (grey: no valid label)."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    colors = cluster_colors(max([int(l) for l in predicted if int(l) >= 0], default=0) + 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if title else 0)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (ax, img) in enumerate(zip(axes.ravel(), images)):
+        ax.axis("on")
+        ax.imshow(img, cmap="gray" if np.asarray(img).ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_xticks([]); ax.set_yticks([])
+        lab = int(predicted[i]) if i < len(predicted) else -1
+        color = colors[lab] if lab >= 0 else (0.6, 0.6, 0.6)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(4)
+        if captions is not None:
+            ax.set_title(str(captions[i]), fontsize=7, pad=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
