@@ -216,17 +216,19 @@ def make_training_set(n_episodes: int, root_seed: int, n_clusters: Sequence[int]
 
 # ---------------------------------------------------------------- files
 
-def save_episodes(path: str | Path, episodes: Iterable[Episode]) -> Path:
-    """Write episodes as JSON Lines (atomically)."""
+def save_episodes(path: str | Path, episodes: Iterable[EpisodeRecord]) -> Path:
+    """Write episodes (numeric or image) as JSON Lines (atomically)."""
     return write_jsonl(path, (e.to_dict() for e in episodes))
 
 
-def load_episodes(path: str | Path) -> list[Episode]:
-    """Read episodes written by :func:`save_episodes`."""
+def load_episodes(path: str | Path, record_type: type = None,
+                  missing_hint: str = "run notebook 00_data for this profile first") -> list:
+    """Read episodes written by :func:`save_episodes` (``record_type``: default :class:`Episode`)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run notebook 00_data for this profile first")
-    return [Episode.from_dict(r) for r in read_jsonl(path)]
+        raise FileNotFoundError(f"{path} does not exist: {missing_hint}")
+    record_type = record_type or Episode
+    return [record_type.from_dict(r) for r in read_jsonl(path)]
 
 
 def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
@@ -259,13 +261,20 @@ def cell_counts(episodes: Iterable[Episode]) -> dict[str, int]:
                                for e in episodes).items()))
 
 
-def write_manifest(path: str | Path, files: dict[str, str | Path], params: dict) -> dict:
-    """Write a manifest (generator parameters, episode counts per cell, sha256 per file)."""
+def write_manifest(path: str | Path, files: dict[str, str | Path], params: dict, load=None,
+                   counts: tuple = ("cells", None)) -> dict:
+    """Write a manifest (generator parameters, episode counts per cell, sha256 per file).
+
+    ``load`` reads a file's episodes (default :func:`load_episodes`); ``counts`` is the entry's
+    name and the function counting its episodes (default ``("cells", cell_counts)``).
+    """
+    load = load or load_episodes
+    count_name, count = counts[0], counts[1] or cell_counts
     entries = {}
     for name, fpath in sorted(files.items()):
-        eps = load_episodes(fpath)
+        eps = load(fpath)
         entries[name] = {"file": Path(fpath).name, "n_episodes": len(eps), "sha256": sha256_file(fpath),
-                         "cells": cell_counts(eps)}
+                         count_name: count(eps)}
     manifest = {"params": params, "files": entries}
     write_json(path, manifest)
     return manifest

@@ -23,8 +23,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .data import SPLITS, EpisodeRecord, _check_choice, _check_int, canonical_labels
-from .io import read_jsonl, sha256_file, write_json, write_jsonl
+from .data import (SPLITS, EpisodeRecord, _check_choice, _check_int, canonical_labels, load_episodes, save_episodes,
+                   write_manifest)
+from .io import write_json
 
 #: Class-disjoint split of the digits. The issue suggested 0-5 / 6-9, but four test classes cannot
 #: hold the paper's c=5 test episodes (c=5 never seen in training), so we train on 0-4, test on 5-9.
@@ -223,12 +224,7 @@ def class_disjoint_split(class_names: Sequence[str], n_test: int | None = None, 
     if len(names) < 2:
         raise ValueError(f"class_names has {len(names)} classes; a train/test split needs at least 2")
     if n_test is None:
-        if not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction={test_fraction!r} is out of range; it must be in (0, 1)")
-        n_test = int(round(float(test_fraction) * len(names)))
-        if not 1 <= n_test <= len(names) - 1:
-            raise ValueError(f"test_fraction={test_fraction!r} gives {n_test} of {len(names)} test classes; "
-                             f"both splits must be non-empty (pass n_test in [1, {len(names) - 1}])")
+        n_test = _n_test(test_fraction, len(names), "classes", f" (pass n_test in [1, {len(names) - 1}])")
     _check_int("n_test", n_test, 1, len(names) - 1)
     order = np.random.default_rng(seed).permutation(len(names))
     test = sorted(names[i] for i in order[:n_test])
@@ -380,15 +376,12 @@ def make_image_episodes(imageset: ImageSet, classes: Sequence[str], n_clusters_l
 
 def save_image_episodes(path: str | Path, episodes: Iterable[ImageEpisode]) -> Path:
     """Write image episodes as JSON Lines (atomically)."""
-    return write_jsonl(path, (e.to_dict() for e in episodes))
+    return save_episodes(path, episodes)
 
 
 def load_image_episodes(path: str | Path) -> list[ImageEpisode]:
     """Read image episodes written by :func:`save_image_episodes`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: generate the image episodes first")
-    return [ImageEpisode.from_dict(r) for r in read_jsonl(path)]
+    return load_episodes(path, ImageEpisode, "generate the image episodes first (notebook 05 or 06)")
 
 
 def image_cluster_counts(episodes: Iterable[ImageEpisode]) -> dict[str, int]:
@@ -400,14 +393,7 @@ def image_cluster_counts(episodes: Iterable[ImageEpisode]) -> dict[str, int]:
 def image_manifest(path: str | Path, files: dict[str, str | Path], params: dict) -> dict:
     """Write a manifest (parameters, episode counts per c, sha256 per file); same layout as
     :func:`icc_utils.data.write_manifest`, so :func:`icc_utils.data.verify_manifest` checks it."""
-    entries = {}
-    for name, fpath in sorted(files.items()):
-        eps = load_image_episodes(fpath)
-        entries[name] = {"file": Path(fpath).name, "n_episodes": len(eps), "sha256": sha256_file(fpath),
-                         "clusters": image_cluster_counts(eps)}
-    manifest = {"params": params, "files": entries}
-    write_json(path, manifest)
-    return manifest
+    return write_manifest(path, files, params, load=load_image_episodes, counts=("clusters", image_cluster_counts))
 
 
 # ---------------------------------------------------------------- text-conditioned clustering (Section 5)
@@ -557,12 +543,7 @@ def combination_split(imageset: ImageSet, test_fraction: float = 0.3, seed: int 
     objects = sorted(table)
     if len(objects) < 2:
         raise ValueError(f"{imageset.name!r} has {len(objects)} objects; a split needs at least 2")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction={test_fraction!r} is out of range; it must be in (0, 1)")
-    n_test = int(round(float(test_fraction) * len(objects)))
-    if not 1 <= n_test <= len(objects) - 1:
-        raise ValueError(f"test_fraction={test_fraction!r} gives {n_test} of {len(objects)} test objects; "
-                         f"both splits must be non-empty")
+    n_test = _n_test(test_fraction, len(objects), "objects")
     _check_int("max_tries", max_tries, 1)
     all_values = [{table[o][k] for o in objects} for k in range(len(conditions))]
     rng = np.random.default_rng(seed)
@@ -872,3 +853,27 @@ def load_imagenet_attributes(root: str | Path, image_size: int = 64, min_agreeme
     labels = np.array([class_names.index(o) for o in objects], dtype=np.int64)
     return ImageSet(name="imagenet-attributes", images=np.stack(images), labels=labels, class_names=class_names,
                     paths=paths, attributes=attributes)
+
+
+def interleave_by_c(episodes: Sequence[ImageEpisode]) -> list[ImageEpisode]:
+    """Episodes reordered so that c alternates (c=2 #0, c=3 #0, c=4 #0, c=2 #1, ...), stable within each c.
+
+    Each episode is fixed by its seed, so any prefix of the result is the same whatever the total count:
+    a training set of n episodes is the first n, and asking for more elsewhere does not change it.
+    """
+    by_c: dict[int, list] = {}
+    for ep in episodes:
+        by_c.setdefault(ep.n_clusters, []).append(ep)
+    groups = [by_c[c] for c in sorted(by_c)]
+    return [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
+
+
+def _n_test(test_fraction: float, n: int, what: str, hint: str = "") -> int:
+    """How many of ``n`` classes/objects go to the test split; both splits non-empty, else a clear error."""
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} is out of range; it must be in (0, 1)")
+    n_test = int(round(float(test_fraction) * n))
+    if not 1 <= n_test <= n - 1:
+        raise ValueError(f"test_fraction={test_fraction!r} gives {n_test} of {n} test {what}; "
+                         f"both splits must be non-empty{hint}")
+    return n_test

@@ -301,3 +301,11 @@ def test_save_load_and_manifest(digits, tmp_path):
     assert verify_manifest(tmp_path / "manifest.json") != []
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         imd.load_image_episodes(tmp_path / "nope.jsonl")
+
+
+def test_interleave_by_c_prefix_does_not_depend_on_the_total(digits):
+    small = imd.interleave_by_c(imd.make_image_episodes(digits, imd.DIGITS_TRAIN_CLASSES, [2, 3, 4], 4, 0, "train"))
+    large = imd.interleave_by_c(imd.make_image_episodes(digits, imd.DIGITS_TRAIN_CLASSES, [2, 3, 4], 9, 0, "train"))
+    assert [e.n_clusters for e in small[:6]] == [2, 3, 4, 2, 3, 4]
+    assert [e.id for e in small] == [e.id for e in large[:12]]
+    assert len({e.id for e in large}) == 27
