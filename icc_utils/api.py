@@ -265,28 +265,8 @@ class OpenAIChatModel:
             bar.update(1)
 
         try:
-            if self.max_workers == 1:
-                for i, key, messages, dec, extra in jobs:
-                    finish(i, key, dec, extra, *self.chat(messages, dec["max_tokens"]))
-            else:
-                from concurrent.futures import ThreadPoolExecutor, as_completed
-
-                error: BaseException | None = None
-                with ThreadPoolExecutor(self.max_workers) as pool:
-                    futures = {pool.submit(self.chat, messages, dec["max_tokens"]): (i, key, dec, extra)
-                               for i, key, messages, dec, extra in jobs}
-                    for fut in as_completed(futures):
-                        if fut.cancelled():
-                            continue
-                        if fut.exception() is not None:
-                            if error is None:  # stop sending; replies already in flight are still kept
-                                error = fut.exception()
-                                for other in futures:
-                                    other.cancel()
-                            continue
-                        finish(*futures[fut], *fut.result())  # cache writes stay in this thread
-                if error is not None:
-                    raise error
+            run_requests([((messages, dec["max_tokens"]), (i, key, dec, extra)) for i, key, messages, dec, extra in jobs],
+                         self.chat, finish, self.max_workers)
         finally:
             bar.close()
         return results  # type: ignore[return-value]
@@ -300,6 +280,35 @@ class OpenAIChatModel:
 
 
 # ---------------------------------------------------------------- helpers
+
+def run_requests(jobs: Sequence[tuple], send: Callable, finish: Callable, workers: int = 1) -> None:
+    """``finish(*tag, *send(*args))`` for every ``(args, tag)`` in ``jobs``, on up to ``workers`` threads.
+
+    ``finish`` always runs in the calling thread (so cache writes never race). On the first error no
+    new request is sent, replies already in flight are still finished, and the error is raised.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for args, tag in jobs:
+            finish(*tag, *send(*args))
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    error: BaseException | None = None
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(send, *args): tag for args, tag in jobs}
+        for fut in as_completed(futures):
+            if fut.cancelled():
+                continue
+            if fut.exception() is not None:
+                if error is None:  # stop sending; replies already in flight are still kept
+                    error = fut.exception()
+                    for other in futures:
+                        other.cancel()
+                continue
+            finish(*futures[fut], *fut.result())
+    if error is not None:
+        raise error
+
 
 def _number(name: str, value, kind: type, lo: float, strict: bool = False):
     """``value`` as ``kind`` (int or float), checked to be >= ``lo`` (> if ``strict``); a clear error otherwise."""

@@ -383,28 +383,10 @@ def openai_chat_fn(client: "OpenAIChatModel", cache: ReplyCache | None = None) -
             store.put(keys[i], {"reply": reply, "usage": dict(usage or {}), "backend": "openai",
                                 "model": model_id, "decoding": decoding, "method": "ictc"})
 
-        workers = int(getattr(client, "max_workers", 1) or 1)
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                finish(i, *client.chat(list(batch[i]), k))
-        else:
-            from concurrent.futures import ThreadPoolExecutor, as_completed
+        from .api import run_requests
 
-            error: BaseException | None = None
-            with ThreadPoolExecutor(workers) as pool:
-                futures = {pool.submit(client.chat, list(batch[i]), k): i for i in todo}
-                for fut in as_completed(futures):
-                    if fut.cancelled():
-                        continue
-                    if fut.exception() is not None:
-                        if error is None:  # stop sending; replies already in flight are still cached
-                            error = fut.exception()
-                            for other in futures:
-                                other.cancel()
-                        continue
-                    finish(futures[fut], *fut.result())  # cache writes stay in this thread
-            if error is not None:
-                raise error
+        run_requests([((list(batch[i]), k), (i,)) for i in todo], client.chat, finish,
+                     int(getattr(client, "max_workers", 1) or 1))
         return [store.get(key)["reply"] for key in keys]
 
     return chat
