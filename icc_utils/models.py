@@ -139,22 +139,29 @@ class ModelUnavailableError(RuntimeError):
     """A hub model that cannot be loaded here (offline, gated, or not downloaded)."""
 
 
+def _torch_dtype(dtype: str):
+    """The torch dtype named ``dtype`` (float32, bfloat16 or float16); a clear error otherwise."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype={dtype!r} is not allowed; choose one of {list(dtypes)}")
+    return dtypes[dtype]
+
+
 def load_model_and_tokenizer(name: str, adapter: str | None = None, dtype: str = "float32", device: str | None = None):
     """Load a local causal LM and its tokenizer (and a PEFT adapter if given); model in eval mode.
 
     ``dtype`` is ``float32``, ``bfloat16`` or ``float16``. A hub model that is not available
     offline fails with :class:`ModelUnavailableError`, which points to the embedded default.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype={dtype!r} is not allowed; choose one of {list(dtypes)}")
+    torch_dtype = _torch_dtype(dtype)
     path = resolve_local_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         if Path(path).is_dir():
             raise

@@ -90,19 +90,16 @@ def _llava_core(model):
 
 def set_pooling(model, kernel: int) -> None:
     """Pool image features with ``kernel`` before the projector (wraps it once; later calls change k)."""
+    pooled_grid(feature_grid(model), kernel)
     core = _llava_core(model)
     proj = core.multi_modal_projector
     inner = getattr(proj, "modules_to_save", None)   # PEFT's wrapper around a trained projector
-    targets = [proj] + (list(inner.values()) + [proj.original_module] if inner is not None else [])
-    if any(hasattr(t, "kernel") for t in targets):
-        grid = feature_grid(model)
-        pooled_grid(grid, kernel)
-        for t in targets:
-            if hasattr(t, "kernel"):
-                t.kernel = int(kernel)
-        return
-    pooled_grid(feature_grid(model), kernel)
-    core.multi_modal_projector = _pooled_projector_class()(proj, kernel)
+    targets = [t for t in [proj] + (list(inner.values()) + [proj.original_module] if inner is not None else [])
+               if hasattr(t, "kernel")]
+    if not targets:
+        core.multi_modal_projector = _pooled_projector_class()(proj, kernel)
+    for t in targets:
+        t.kernel = int(kernel)
 
 
 def feature_grid(model) -> int:
@@ -293,17 +290,14 @@ def load_vlm(path: str, adapter: str | None = None, kernel: int = 1, dtype: str 
     The pooling wrapper goes on before the adapter, so a trained projector saved in the adapter
     (``modules_to_save``) finds its place. Model in eval mode.
     """
-    import torch
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-    from .models import ModelUnavailableError
+    from .models import ModelUnavailableError, _torch_dtype
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype={dtype!r} is not allowed; choose one of {list(dtypes)}")
+    torch_dtype = _torch_dtype(dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtypes[dtype])
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
         proc = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as exc:
         if Path(path).is_dir():
@@ -367,13 +361,12 @@ class VisionICC:
 
 
 def _fingerprint(path: str, adapter: str | None) -> str:
-    """Short hash of a model directory's weights (and adapter), so cached replies follow the weights."""
-    h = hashlib.sha256()
-    for d in [Path(path)] + ([Path(adapter)] if adapter else []):
-        for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:12]
+    """Short hash of the weights' contents (model directory and adapter), so cached replies follow the weights."""
+    from .models import _file_fingerprint
+
+    files = [f for d in [Path(path)] + ([Path(adapter)] if adapter else []) if d.is_dir()
+             for f in sorted(d.glob("*.safetensors"))]
+    return hashlib.sha256("".join(_file_fingerprint(f) for f in files).encode()).hexdigest()[:12]
 
 
 def mean_pooled_features(model, processor, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
