@@ -332,28 +332,11 @@ def local_chat_fn(model: "LocalChatModel", cache: ReplyCache | None = None) -> C
     def chat(batch: list[list[dict]], max_tokens: int) -> list[str]:
         k = _check_max_tokens(max_tokens)
         store = cache if cache is not None else ReplyCache(None)
-        tok = model.tokenizer
-        prompts = [render_chat(tok, list(messages)) for messages in batch]
+        prompts = [render_chat(model.tokenizer, list(messages)) for messages in batch]
         decoding = {"max_new_tokens": k, "greedy": True}
         keys = [cache_key("local", model.model_id, p, decoding) for p in prompts]
-        todo, seen = [], set()
-        for i, key in enumerate(keys):
-            if key not in store and key not in seen:
-                seen.add(key)
-                todo.append(i)
-        if todo:
-            saved = model.max_new_tokens
-            model.max_new_tokens = k
-            try:
-                for group in model.plan_batches([prompts[i] for i in todo]):
-                    idx = [todo[j] for j in group]
-                    results = model.generate_batch([prompts[i] for i in idx])
-                    for i, res in zip(idx, results):
-                        store.put(keys[i], {"reply": res["reply"], "usage": res.get("usage", {}), "backend": "local",
-                                            "model": model.model_id, "decoding": decoding, "method": "ictc"})
-            finally:
-                model.max_new_tokens = saved
-        return [store.get(key)["reply"] for key in keys]
+        return model.generate_cached(prompts, keys, store, k, {"backend": "local", "model": model.model_id,
+                                                              "decoding": decoding, "method": "ictc"})
 
     return chat
 
@@ -390,3 +373,24 @@ def openai_chat_fn(client: "OpenAIChatModel", cache: ReplyCache | None = None) -
         return [store.get(key)["reply"] for key in keys]
 
     return chat
+
+
+def chat_fn_for(name: str, cache: ReplyCache | None = None, batch_size: int = 8,
+                dtype: str = "float32") -> tuple[ChatFn | None, str]:
+    """A :data:`ChatFn` for a model name (``embedded``, a hub id or local directory, or an OpenAI model).
+
+    Returns ``(chat, "")``, or ``(None, reason)`` when an API model has no key / base URL
+    configured (the caller skips IC|TC with a visible note). A classical method is not a chat model.
+    """
+    from .models import get_backend, model_kind
+
+    kind = model_kind(name)
+    if kind == "classical":
+        raise ValueError(f"ictc chat model={name!r} is a classical method, not a chat model; use 'embedded', "
+                         "a local model, or an OpenAI model name")
+    if kind == "openai":
+        client = get_backend(name)
+        if not client.available:
+            return None, client.unavailable_reason
+        return openai_chat_fn(client, cache), ""
+    return local_chat_fn(get_backend(name, batch_size=batch_size, dtype=dtype), cache), ""

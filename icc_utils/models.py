@@ -473,6 +473,34 @@ class LocalChatModel:
                 replies[i] = res["reply"]
         return replies
 
+    def generate_cached(self, prompts: Sequence[str], keys: Sequence[str], cache, max_new_tokens: int,
+                        record: dict | None = None, batch_inputs=None) -> list[str]:
+        """Greedy replies of at most ``max_new_tokens`` through ``cache`` (one key per prompt).
+
+        Uncached keys (deduplicated) are generated in length-sorted batches with ``max_new_tokens``
+        set for the duration of the call (the model's own setting is restored afterwards); each
+        batch's replies are stored at once as ``{"reply", "usage", **record}``.
+        ``batch_inputs(indices)`` gives extra ``generate`` inputs for a batch (e.g. pixels).
+        """
+        todo, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in cache and key not in seen:
+                seen.add(key)
+                todo.append(i)
+        if todo:
+            saved = self.max_new_tokens
+            self.max_new_tokens = int(max_new_tokens)
+            try:
+                for group in self.plan_batches([prompts[i] for i in todo]):
+                    idx = [todo[j] for j in group]
+                    results = self.generate_batch([prompts[i] for i in idx],
+                                                  extra_inputs=batch_inputs(idx) if batch_inputs else None)
+                    for i, res in zip(idx, results):
+                        cache.put(keys[i], {"reply": res["reply"], "usage": res.get("usage", {}), **(record or {})})
+            finally:
+                self.max_new_tokens = saved
+        return [cache.get(key)["reply"] for key in keys]
+
     def predict(self, episodes: Sequence, known_k: bool = True, constrained: bool = False, cache=None,
                 desc: str | None = None) -> list[Prediction]:
         """Predict every episode; cached replies are reused and new ones cached batch by batch."""

@@ -14,6 +14,7 @@ from icc_utils.ictc import (ASSIGN_MAX_TOKENS, LABEL_MAX_TOKENS, assign_captions
                             ictc_episodes, label_captions, local_chat_fn, merge_labels, merge_max_tokens,
                             normalize_label, openai_chat_fn, parse_names)
 from icc_utils.image_data import ImageEpisode
+from icc_utils.models import LocalChatModel
 
 # ---------------------------------------------------------------- a scripted fake chat model
 
@@ -99,7 +100,10 @@ class FakeTokenizer:
 
 
 class FakeLocalModel:
-    """Duck-types the parts of LocalChatModel that local_chat_fn uses (no torch)."""
+    """Duck-types the parts of LocalChatModel that local_chat_fn uses (no torch): the real
+    ``generate_cached`` over a fake ``plan_batches`` / ``generate_batch``."""
+
+    generate_cached = LocalChatModel.generate_cached
 
     def __init__(self, batch_size=3, fail_on_call=None):
         self.tokenizer = FakeTokenizer()
