@@ -36,6 +36,8 @@ PAPER_VLM = "llava-hf/llava-interleave-qwen-7b-hf"
 IMAGE_TOKEN = "<image>"
 #: LoRA only on the language model's attention projections (not the vision tower's q/k/v).
 LM_ATTENTION_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+#: IC|TC's captioning request when the multimodal model itself is the captioner.
+CAPTION_PROMPT = "Describe the main object in this image in one short sentence."
 
 
 # ---------------------------------------------------------------- pooling
@@ -186,12 +188,17 @@ def pixel_values(processor, images: np.ndarray):
     return processor(images=list(rgb), return_tensors="pt")["pixel_values"]
 
 
-def pretrain_tower(imageset, classes: Sequence[str], out_dir: str | Path, config: TowerConfig = TowerConfig()) -> dict:
+def pretrain_tower(imageset, classes: Sequence[str], out_dir: str | Path, config: TowerConfig = TowerConfig(),
+                   attribute_keys: Sequence[str] = ()) -> dict:
     """Train the embedded SigLIP-architecture tower to classify ``classes`` (training classes only).
 
-    Mean-pooled last hidden state -> linear head, cross-entropy, AdamW, seeded. The tower (without
-    the head) is saved to ``out_dir`` with its image processor; a finished run with the same config
-    and data is reused. Returns the run's record (train accuracy per epoch, seconds).
+    Mean-pooled last hidden state -> linear head, cross-entropy, AdamW, seeded. With
+    ``attribute_keys`` the tower learns those attributes instead, one head each (summed losses;
+    ``train_accuracy`` is then the mean over heads): features that name each attribute
+    separately carry over to unseen attribute combinations, where a head over the combinations
+    themselves memorises them (notebook 06). The tower (without the heads) is saved to
+    ``out_dir`` with its image processor; a finished run with the same config, data and targets
+    is reused. Returns the run's record (train accuracy per epoch, seconds).
     """
     import time
 
@@ -201,40 +208,50 @@ def pretrain_tower(imageset, classes: Sequence[str], out_dir: str | Path, config
     out_dir = Path(out_dir)
     keep = [i for i in range(imageset.n_images) if imageset.class_names[int(imageset.labels[i])] in set(classes)]
     data_id = images_hash(imageset.images[keep])
+    targets = list(attribute_keys) or ["class"]
     record_path = out_dir / "tower_training.json"
     if record_path.exists():
         rec = json.loads(record_path.read_text())
-        if rec.get("config") == asdict(config) and rec.get("data_sha256") == data_id:
+        if rec.get("config") == asdict(config) and rec.get("data_sha256") == data_id and \
+                rec.get("targets", ["class"]) == targets:
             return rec
     torch.manual_seed(config.seed)
     tower = SiglipVisionModel(config.siglip_config())
     proc = image_processor_for(config.image_size)
     x = pixel_values(proc, imageset.images[keep])
-    names = sorted(set(classes))
-    y = torch.tensor([names.index(imageset.class_names[int(imageset.labels[i])]) for i in keep])
-    head = torch.nn.Linear(config.hidden_size, len(names))
-    opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=config.learning_rate)
+    if attribute_keys:
+        columns = [[str(imageset.attributes[k][i]) for i in keep] for k in attribute_keys]
+    else:
+        columns = [[imageset.class_names[int(imageset.labels[i])] for i in keep]]
+    names = [sorted(set(col)) for col in columns]
+    ys = [torch.tensor([n.index(v) for v in col]) for n, col in zip(names, columns)]
+    heads = torch.nn.ModuleList(torch.nn.Linear(config.hidden_size, len(n)) for n in names)
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(heads.parameters()), lr=config.learning_rate)
     gen = torch.Generator().manual_seed(config.seed)
     history, t0 = [], time.perf_counter()
+    n = len(keep)
     for epoch in range(config.epochs):
         tower.train()
-        order = torch.randperm(len(y), generator=gen)
+        order = torch.randperm(n, generator=gen)
         correct = 0
-        for s in range(0, len(y), config.batch_size):
+        for s in range(0, n, config.batch_size):
             idx = order[s:s + config.batch_size]
             feats = tower(pixel_values=x[idx]).last_hidden_state.mean(1)
-            logits = head(feats)
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
+            loss = 0
+            for head, y in zip(heads, ys):
+                logits = head(feats)
+                loss = loss + torch.nn.functional.cross_entropy(logits, y[idx])
+                correct += int((logits.argmax(-1) == y[idx]).sum())
             opt.zero_grad()
             loss.backward()
             opt.step()
-            correct += int((logits.argmax(-1) == y[idx]).sum())
-        history.append({"epoch": epoch + 1, "loss": loss.item(), "train_accuracy": correct / len(y)})
+        history.append({"epoch": epoch + 1, "loss": loss.item(), "train_accuracy": correct / (n * len(heads))})
     tower.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     tower.save_pretrained(out_dir)
     proc.save_pretrained(out_dir)
-    rec = {"config": asdict(config), "classes": names, "n_images": len(y), "data_sha256": data_id,
+    rec = {"config": asdict(config), "targets": targets, "classes": names[0] if not attribute_keys else
+           dict(zip(attribute_keys, names)), "n_images": n, "data_sha256": data_id,
            "history": history, "seconds": round(time.perf_counter() - t0, 2)}
     write_json(record_path, rec)
     return rec
@@ -252,12 +269,13 @@ def build_embedded_llava(tower_dir: str | Path, out_dir: str | Path, language_mo
     from transformers import (AutoImageProcessor, LlavaConfig, LlavaForConditionalGeneration,
                               SiglipVisionModel)
 
-    from .models import load_model_and_tokenizer, resolve_local_model
+    from .models import _file_fingerprint, load_model_and_tokenizer, resolve_local_model
 
     tower_dir, out_dir = Path(tower_dir), Path(out_dir)
     tower_id = json.loads((tower_dir / "tower_training.json").read_text())["data_sha256"]
-    stamp = {"tower": str(tower_dir), "tower_data_sha256": tower_id, "language_model": resolve_local_model(language_model),
-             "seed": seed}
+    stamp = {"tower": str(tower_dir), "tower_data_sha256": tower_id,
+             "tower_weights": _file_fingerprint(tower_dir / "model.safetensors"),
+             "language_model": resolve_local_model(language_model), "seed": seed}
     stamp_path = out_dir / "icc_build.json"
     if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp and (out_dir / "config.json").exists():
         return out_dir
@@ -282,6 +300,92 @@ def build_embedded_llava(tower_dir: str | Path, out_dir: str | Path, language_mo
     AutoImageProcessor.from_pretrained(tower_dir).save_pretrained(out_dir)
     write_json(stamp_path, stamp)
     return out_dir
+
+
+def caption_prompt(tokenizer, n_tokens: int, prompt: str = None, answer: str | None = None) -> str:
+    """A one-image captioning chat prompt (with ``answer``: prompt + answer), image tokens expanded."""
+    msgs = [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n{prompt or CAPTION_PROMPT}"}]
+    return expand_image_placeholders(render_chat(tokenizer, msgs, answer), n_tokens)
+
+
+def align_projector(base_dir: str | Path, imageset, captions: Sequence[str], out_dir: str | Path,
+                    kernels: Sequence[int] = (1,), epochs: int = 2, batch_size: int = 16,
+                    learning_rate: float = 1e-3, seed: int = 0) -> dict:
+    """LLaVA's stage 1 for the stand-in: train ONLY the projector to caption images; save the model.
+
+    Each image of ``imageset`` is paired with ``captions[i]`` (for the stand-in: its attribute
+    values in words, training images only). Tower and language model stay frozen; next-token
+    loss on the caption tokens; AdamW, seeded order; batches cycle through ``kernels`` so the
+    projector sees every pooling size. Without it the new projector is random and the language
+    model cannot read the image tokens (notebook 05's fine-tunes learned the answer format only).
+    The aligned model goes to ``out_dir`` (reused when the record matches). Returns the record.
+    """
+    import time
+
+    import torch
+
+    from .finetune import collate, encode_chat_example
+
+    out_dir = Path(out_dir)
+    captions = [str(c) for c in captions]
+    if len(captions) != imageset.n_images:
+        raise ValueError(f"captions has {len(captions)} entries for {imageset.n_images} images; give one per image")
+    stamp = {"base": str(base_dir), "data_sha256": images_hash(imageset.images),
+             "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+             "kernels": [int(k) for k in kernels], "epochs": int(epochs), "batch_size": int(batch_size),
+             "learning_rate": float(learning_rate), "seed": int(seed)}
+    record_path = out_dir / "projector_alignment.json"
+    if record_path.exists() and (out_dir / "config.json").exists():
+        rec = json.loads(record_path.read_text())
+        if rec.get("stamp") == stamp:
+            return rec
+    model, tok, proc = load_vlm(str(base_dir), kernel=int(kernels[0]))
+    core = _llava_core(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(core.multi_modal_projector.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(params, lr=learning_rate)
+    px = pixel_values(proc, imageset.images)
+    examples = {}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    history, step, t0 = [], 0, time.perf_counter()
+    for epoch in range(int(epochs)):
+        order = rng.permutation(imageset.n_images)
+        for b in range(0, len(order), batch_size):
+            k = int(kernels[step % len(kernels)])
+            set_pooling(model, k)
+            n_tok = tokens_per_image(model, k)
+            batch = []
+            for i in order[b:b + batch_size]:
+                key = (int(i), n_tok)
+                if key not in examples:
+                    examples[key] = encode_chat_example(tok, caption_prompt(tok, n_tok),
+                                                        caption_prompt(tok, n_tok, answer=captions[i]), f"image {i}")
+                batch.append(examples[key])
+            inputs = collate(batch, tok.pad_token_id or 0)
+            out = model(**inputs, pixel_values=px[order[b:b + batch_size]])
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            history.append({"step": step, "epoch": epoch + 1, "kernel": k, "loss": float(out.loss.detach())})
+            step += 1
+    model.eval()
+    set_pooling(model, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proj = core.multi_modal_projector
+    core.multi_modal_projector = proj.projector      # save the plain LLaVA layout (no pooling wrapper)
+    model.save_pretrained(out_dir)
+    core.multi_modal_projector = proj
+    tok.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    rec = {"stamp": stamp, "history": history, "seconds": round(time.perf_counter() - t0, 2),
+           "final_loss": history[-1]["loss"] if history else None}
+    write_json(record_path, rec)
+    return rec
 
 
 def load_vlm(path: str, adapter: str | None = None, kernel: int = 1, dtype: str = "float32"):
@@ -358,6 +462,29 @@ class VisionICC:
 
         return self.chat.predict_prompts(episodes, prompts, [ep.n_clusters for ep in episodes], constrained,
                                          cache, desc or self.name, key_salts=salts, batch_inputs=batch_inputs)
+
+
+    def caption(self, imageset, indices: Sequence[int] | None = None, prompt: str = CAPTION_PROMPT,
+                max_new_tokens: int = 32, cache=None) -> list[str]:
+        """One greedy caption per image (IC|TC's first stage, with this model as the captioner).
+
+        Replies are cached per (model, prompt, image pixels); ``indices`` default to every image.
+        """
+        from .cache import ReplyCache, cache_key
+
+        idx = list(range(imageset.n_images)) if indices is None else [int(i) for i in indices]
+        text = caption_prompt(self.tokenizer, self.n_tokens, prompt)
+        decoding = {"max_new_tokens": int(max_new_tokens), "greedy": True}
+        keys = [cache_key("local", self.chat.model_id, [text, images_hash(imageset.images[[i]])], decoding)
+                for i in idx]
+
+        def batch_inputs(rows):
+            return {"pixel_values": pixel_values(self.processor, imageset.images[[idx[r] for r in rows]])}
+
+        replies = self.chat.generate_cached([text] * len(idx), keys, cache if cache is not None else ReplyCache(None),
+                                            max_new_tokens, {"method": "caption", "model": self.chat.model_id},
+                                            batch_inputs=batch_inputs)
+        return [r.strip() for r in replies]
 
 
 def _fingerprint(path: str, adapter: str | None) -> str:

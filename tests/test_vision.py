@@ -175,6 +175,21 @@ def test_generation_is_batched_cached_and_order_independent(vlm_dir, tmp_path):
     assert not any(p.cached for p in icc.predict(eps[:1], s2, constrained=True, cache=cache))
 
 
+def test_captions_are_per_image_batched_and_cached(vlm_dir, tmp_path):
+    s = _imageset(n_per_class=3)
+    icc = V.VisionICC(str(vlm_dir), kernel=2, batch_size=4)
+    cache = ReplyCache(tmp_path / "captions.jsonl")
+    caps = icc.caption(s, [0, 4, 7], max_new_tokens=5, cache=cache)
+    assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+    assert len(cache) == 3                              # one cached reply per image, written as produced
+    # an image captioned alone gets the caption it got in a batch (greedy, left padding)
+    alone = V.VisionICC(str(vlm_dir), kernel=2, batch_size=1).caption(s, [4], max_new_tokens=5)
+    assert alone == [caps[1]]
+    # cached: a second call with the same cache generates nothing
+    icc.chat.generate_batch = None                      # would raise if called
+    assert icc.caption(s, [0, 4, 7], max_new_tokens=5, cache=ReplyCache(tmp_path / "captions.jsonl")) == caps
+
+
 def test_image_finetune_adapter_and_projector_round_trip(vlm_dir, tmp_path):
     from peft import PeftModel
 
