@@ -855,16 +855,19 @@ def load_imagenet_attributes(root: str | Path, image_size: int = 64, min_agreeme
                     paths=paths, attributes=attributes)
 
 
-def interleave_by_c(episodes: Sequence[ImageEpisode]) -> list[ImageEpisode]:
+def interleave_by_c(episodes: Sequence[ImageEpisode], by_condition: bool = False) -> list[ImageEpisode]:
     """Episodes reordered so that c alternates (c=2 #0, c=3 #0, c=4 #0, c=2 #1, ...), stable within each c.
 
-    Each episode is fixed by its seed, so any prefix of the result is the same whatever the total count:
-    a training set of n episodes is the first n, and asking for more elsewhere does not change it.
+    With ``by_condition``, the groups are (condition, c) pairs (condition-major), so a prefix
+    holds every condition and every c in turn. Each episode is fixed by its seed, so any prefix
+    of the result is the same whatever the total count: a training set of n episodes is the
+    first n, and asking for more elsewhere does not change it.
     """
-    by_c: dict[int, list] = {}
+    groups_by: dict[tuple, list] = {}
     for ep in episodes:
-        by_c.setdefault(ep.n_clusters, []).append(ep)
-    groups = [by_c[c] for c in sorted(by_c)]
+        key = ((str((ep.params or {}).get("condition")),) if by_condition else ()) + (ep.n_clusters,)
+        groups_by.setdefault(key, []).append(ep)
+    groups = [groups_by[k] for k in sorted(groups_by)]
     return [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
 
 

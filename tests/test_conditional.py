@@ -1,0 +1,120 @@
+"""icc_utils.conditional: the probe captioner, paired episodes, Table 3 and the target (no torch)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icc_utils import conditional as C
+from icc_utils.image_data import make_shapes_set
+from icc_utils.paper import paper_results
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes_set(240, seed=3)
+
+
+def _onehot_features(imageset, noise: float, seed: int = 0) -> np.ndarray:
+    """Features that encode each attribute (one-hot) plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    cols = []
+    for key in ("shape", "color", "pattern"):
+        values = sorted(set(imageset.attributes[key]))
+        cols.append(np.eye(len(values))[[values.index(v) for v in imageset.attributes[key]]])
+    x = np.concatenate(cols, axis=1)
+    return x + noise * rng.normal(size=x.shape)
+
+
+def test_probes_caption_every_image_with_the_predicted_values(shapes):
+    feats = _onehot_features(shapes, noise=0.05)
+    probes = C.fit_attribute_probes(feats[:160], {k: v[:160] for k, v in shapes.attributes.items()},
+                                    ["shape", "color", "pattern"])
+    caps = C.probe_captions(probes, feats[160:])
+    a = shapes.attributes
+    assert caps[0] == f"a {a['color'][160]} {a['pattern'][160]} {a['shape'][160]}"
+    all_caps = C.probe_captions(probes, feats)
+    acc = C.caption_accuracy(all_caps, shapes, range(160, 240), ["shape", "color", "pattern"]).set_index("condition")
+    assert (acc["caption_accuracy"] == 1.0).all() and (acc["n_images"] == 80).all()
+    # pure noise: the probe cannot name the colour much better than chance (1/4)
+    noisy = C.fit_attribute_probes(np.random.default_rng(1).normal(size=(160, 5)),
+                                   {"color": a["color"][:160]}, ["color"])
+    noisy_caps = C.probe_captions(noisy, np.random.default_rng(2).normal(size=(240, 5)), "a {color} thing")
+    acc = C.caption_accuracy(noisy_caps, shapes, range(160, 240), ["color"])
+    assert acc["caption_accuracy"].iloc[0] < 0.5
+
+
+def test_caption_accuracy_matches_whole_words_in_free_text(shapes):
+    a = shapes.attributes
+    i = 0
+    caps = {i: f"A picture of a {a['color'][i].upper()} shape, {a['pattern'][i]}.", 1: "nothing useful"}
+    acc = C.caption_accuracy(caps, shapes, [0], ["color", "pattern", "shape"]).set_index("condition")
+    assert acc.loc["color", "caption_accuracy"] == 1.0 and acc.loc["pattern", "caption_accuracy"] == 1.0
+    assert acc.loc["shape", "caption_accuracy"] == 0.0      # the caption never names the shape
+    assert C.caption_accuracy(caps, shapes, [1], ["color"])["caption_accuracy"].iloc[0] == 0.0
+
+
+def test_probe_errors_name_the_problem(shapes):
+    feats = _onehot_features(shapes, 0.1)
+    with pytest.raises(ValueError, match="'texture'"):
+        C.fit_attribute_probes(feats, shapes.attributes, ["texture"])
+    probes = C.fit_attribute_probes(feats, shapes.attributes, ["color"])
+    with pytest.raises(ValueError, match="shape"):
+        C.probe_captions(probes, feats, "a {color} {shape}")
+
+
+def test_paired_episodes_share_images_and_have_c_clusters_under_each_condition(shapes):
+    objects = sorted(set(shapes.attributes["object"]))[::2]
+    eps = C.paired_episodes(shapes, objects, ["color", "shape"], n_images=10, seed=5)
+    assert [e.params["condition"] for e in eps] == ["color", "shape"]
+    assert eps[0].indices == eps[1].indices and len(eps[0].indices) == 10
+    assert all(shapes.attributes["object"][i] in objects for i in eps[0].indices)
+    for e in eps:
+        values = [shapes.attributes[e.params["condition"]][i] for i in e.indices]
+        assert e.n_clusters == 2 and len(set(values)) == 2
+        # labels follow the condition's values, numbered by first appearance
+        assert e.labels[0] == 0 and all((values[i] == values[j]) == (e.labels[i] == e.labels[j])
+                                        for i in range(10) for j in range(10))
+        assert e.params["classes"][0] == values[0]
+    assert eps[0].labels != eps[1].labels               # the two conditions partition the images differently
+    assert C.paired_episodes(shapes, objects, ["color", "shape"], 10, seed=5)[0].indices == eps[0].indices
+
+
+def test_table3_target_and_verdict_from_a_summary():
+    summary = pd.DataFrame([
+        {"method": C.KMEANS_METHOD, "condition": "color", "n_clusters": 2, "accuracy": 0.70, "accuracy_se": 0.02},
+        {"method": "ICC (Small)", "condition": "color", "n_clusters": 2, "accuracy": 0.90, "accuracy_se": 0.02},
+        {"method": C.KMEANS_METHOD, "condition": "shape", "n_clusters": 2, "accuracy": 0.75, "accuracy_se": 0.02},
+        {"method": "ICC (Small)", "condition": "shape", "n_clusters": 2, "accuracy": 0.80, "accuracy_se": 0.02},
+    ])
+    t3 = C.table3(summary, paper_results("T3"))
+    assert list(t3.columns) == ["method", "color, c=2", "shape, c=2"]
+    paper_km = t3.set_index("method").loc["(paper) " + C.KMEANS_METHOD, "color, c=2"]
+    assert paper_km.startswith("0.66")                  # the paper's ImageNet colour k-means, 66.40
+    assert "(paper) ICC (Large)" in set(t3["method"])
+    assert not any("mood" in c for c in t3.columns)     # conditions our data lacks are left out
+    check = C.target_check(summary, ["ICC (Small)"]).set_index("condition")
+    assert check.loc["color", "meets"] and not check.loc["shape", "meets"]
+    assert check.loc["color", "difference"] == pytest.approx(0.20)
+    verdict = C.target_verdict(C.target_check(summary, ["ICC (Small)"]))
+    assert verdict.startswith("NOT met") and "shape c=2: +0.050" in verdict
+    assert C.target_verdict(C.target_check(summary[summary["condition"] == "color"], ["ICC (Small)"])).startswith("met")
+
+
+def test_conditional_prompts_name_the_condition(shapes):
+    from icc_utils.image_data import make_conditional_episodes
+    from icc_utils.prompts import image_messages
+
+    objects = sorted(set(shapes.attributes["object"]))
+    for ep in make_conditional_episodes(shapes, objects, ["color", "pattern"], [2], 1, 0, "test", (4, 6)):
+        user = image_messages(ep.n_points, ep.n_clusters, ep.params["condition"])[1]["content"]
+        assert f"into 2 clusters based on the {ep.params['condition']}." in user
+        assert user.count("<image>") == ep.n_points
+
+
+def test_caption_template_is_checked():
+    assert C.check_caption_template("a {color} {shape}", ["shape", "color"]) == "a {color} {shape}"
+    with pytest.raises(ValueError, match="cond_caption_template.*unknown: \\['size'\\]"):
+        C.check_caption_template("a {size} {shape}", ["shape", "color"])
+    with pytest.raises(ValueError, match="cond_caption_template"):
+        C.check_caption_template("no fields", ["shape"])
