@@ -22,6 +22,7 @@ class _Set:
     images: np.ndarray
     labels: np.ndarray
     class_names: list = field(default_factory=lambda: ["top", "bottom", "left"])
+    attributes: dict = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -132,6 +133,42 @@ def test_pretrained_tower_learns_its_classes(tower_dir):
     assert rec["history"][-1]["train_accuracy"] >= 0.9
     assert rec["history"][-1]["train_accuracy"] > rec["history"][0]["train_accuracy"] or \
         rec["history"][0]["train_accuracy"] == 1.0
+
+
+def test_tower_can_learn_attribute_heads_instead_of_classes(tmp_path):
+    base = _imageset()
+    # two attributes of the toy images: which half is bright, and whether the class index is even
+    attrs = {"half": np.array([["top", "bottom", "left"][l] for l in base.labels]),
+             "parity": np.array(["even" if l % 2 == 0 else "odd" for l in base.labels])}
+    s = _Set("toy-attrs", base.images, base.labels, attributes=attrs)
+    cfg = V.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, epochs=15,
+                        batch_size=8)
+    rec = V.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg, attribute_keys=["half", "parity"])
+    assert rec["targets"] == ["half", "parity"] and rec["classes"] == {"half": ["bottom", "left", "top"],
+                                                                       "parity": ["even", "odd"]}
+    assert rec["history"][-1]["train_accuracy"] >= 0.9
+    # same config and data, other targets: retrained, not reused
+    again = V.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg)
+    assert again["targets"] == ["class"] and again["classes"] == ["bottom", "left", "top"]
+
+
+def test_projector_alignment_trains_only_the_projector(vlm_dir, tmp_path):
+    s = _imageset(n_per_class=4)
+    caps = [["bright top", "bright bottom", "bright left"][l] for l in s.labels]
+    out = tmp_path / "aligned"
+    rec = V.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4, learning_rate=5e-3)
+    assert [h["kernel"] for h in rec["history"][:4]] == [4, 2, 4, 2]
+    assert rec["final_loss"] < rec["history"][0]["loss"]
+    before, _, _ = V.load_vlm(str(vlm_dir))
+    after, _, _ = V.load_vlm(str(out))
+    b, a = before.state_dict(), after.state_dict()
+    changed = {k for k in b if not torch.equal(b[k], a[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    # the aligned directory is a plain LLaVA model; a second call with the same inputs reuses it
+    assert V.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4,
+                             learning_rate=5e-3)["history"] == rec["history"]
+    with pytest.raises(ValueError, match="one per image"):
+        V.align_projector(vlm_dir, s, caps[:-1], tmp_path / "x")
 
 
 def test_embedded_style_llava_prompt_matches_features(vlm_dir):
