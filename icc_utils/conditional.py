@@ -312,6 +312,11 @@ def findings(summary: pd.DataFrame, check: pd.DataFrame, verdict: str, captions:
         cell = cell.sort_values("accuracy", ascending=False)
         parts = [f"{r['method']} {fmt_mean_se(r['accuracy'], r['accuracy_se'])}" for _, r in cell.iterrows()]
         lines.append(f"- {cond}, c={int(c)}: " + "; ".join(parts))
+    if "nmi" in summary:
+        nmi = summary.groupby("method", sort=False)["nmi"].mean().sort_values()
+        lines += ["", "Mean NMI over the cells (0: the labels carry nothing about the true clusters, as when a model "
+                  "gives every image the same label; accuracy is then the largest cluster's share, about chance): "
+                  + "; ".join(f"{m} {v:.2f}" for m, v in nmi.items())]
     lines += ["", f"Target (conditional ICC >= k-means + 0.15 under every condition): {verdict}."]
     lines.append("The paper (Table 3, ImageNet-with-Attributes, 7B model) has ICC (Large) above k-means by 18, 32 and "
                  "8 points on color, pattern and shape, and above IC|TC on all three.")

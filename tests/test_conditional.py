@@ -118,3 +118,16 @@ def test_caption_template_is_checked():
         C.check_caption_template("a {size} {shape}", ["shape", "color"])
     with pytest.raises(ValueError, match="cond_caption_template"):
         C.check_caption_template("no fields", ["shape"])
+
+
+def test_findings_state_the_numbers_and_the_verdict():
+    summary = pd.DataFrame([
+        {"method": C.KMEANS_METHOD, "condition": "color", "n_clusters": 2, "accuracy": 0.80, "accuracy_se": 0.02,
+         "nmi": 0.5},
+        {"method": "ICC (Small)", "condition": "color", "n_clusters": 2, "accuracy": 0.66, "accuracy_se": 0.02,
+         "nmi": 0.0}])
+    check = C.target_check(summary, ["ICC (Small)"])
+    text = C.findings(summary, check, C.target_verdict(check), None, 600.0)
+    assert "- color, c=2: k-means (frozen features) 0.80 ± 0.02; ICC (Small) 0.66 ± 0.02" in text
+    assert "ICC (Small) 0.00; k-means (frozen features) 0.50" in text
+    assert "NOT met" in text and "10.0 minutes" in text
