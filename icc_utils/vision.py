@@ -324,7 +324,7 @@ def align_projector(base_dir: str | Path, imageset, captions: Sequence[str], out
 
     import torch
 
-    from .finetune import collate, encode_chat_example
+    from .finetune import answer_only_loss, collate, encode_chat_example
 
     out_dir = Path(out_dir)
     captions = [str(c) for c in captions]
@@ -367,11 +367,11 @@ def align_projector(base_dir: str | Path, imageset, captions: Sequence[str], out
                                                         caption_prompt(tok, n_tok, answer=captions[i]), f"image {i}")
                 batch.append(examples[key])
             inputs = collate(batch, tok.pad_token_id or 0)
-            out = model(**inputs, pixel_values=px[order[b:b + batch_size]])
+            loss = answer_only_loss(model, **inputs, pixel_values=px[order[b:b + batch_size]])
             opt.zero_grad()
-            out.loss.backward()
+            loss.backward()
             opt.step()
-            history.append({"step": step, "epoch": epoch + 1, "kernel": k, "loss": float(out.loss.detach())})
+            history.append({"step": step, "epoch": epoch + 1, "kernel": k, "loss": float(loss.detach())})
             step += 1
     model.eval()
     set_pooling(model, 1)
