@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= default
 STAMP  := $(VENV)/.installed
 
-.PHONY: env reproduce test smoke clean-results benchmark
+.PHONY: env reproduce test smoke clean-results benchmark publish
 
 env: $(STAMP)
 
@@ -29,6 +29,18 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py
+
+# Stage a finished run's readable outputs for a commit (results/ is ignored): executed notebooks, figures, tables,
+# reports, RUNINFO and notebook 04's PEFT adapter (7 MB; it loads on the embedded model alone). Never replies,
+# checkpoints, towers, tokenizer copies, or the image adapters (they need the tower weights, which are not published).
+publish:
+	@test -f results/$(PROFILE)/RUNINFO.json || { echo "results/$(PROFILE)/RUNINFO.json missing: run make reproduce PROFILE=$(PROFILE) first"; exit 1; }
+	find results/$(PROFILE) -type f -size -10M \( -name '*.ipynb' -o -name '*.png' -o -name '*.csv' -o -name '*.md' \
+	    -o -name '*.json' -o -name '*.npz' -o -path '*/04/adapter/adapter_model.safetensors' \) \
+	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' -not -path '*/adapter_*/*' \
+	  -not -name 'tokenizer*.json' -not -name 'special_tokens_map.json' -not -name 'vocab.json' -print0 \
+	  | xargs -0 git add -f
+	git status --short results/$(PROFILE) | wc -l
 
 clean-results:
 	rm -rf results/$(PROFILE)
