@@ -7,7 +7,7 @@ blocks are 2m x 2m (A^II, A^OI, A^OO; eqs. 2-3).
 (a) Aggregation. Realistic random attention over the episode's T tokens: causal softmax of
     Gaussian scores (scale --score-scale), one T x T matrix per head. The vectorised path
     (:func:`icc_utils.attention.segment_matrix`, built inside the timed region, then
-    :func:`~icc_utils.attention.aggregate_blocks`: ``P^T A P`` evaluated as run sums over the
+    :func:`~icc_utils.attention.aggregate_blocks`: ``P^T A P`` evaluated as run sums (rows, then columns) over the
     segments' contiguous token runs, all pairs at once) against the
     per-pair reference loop (:func:`~icc_utils.attention.aggregate_blocks_loop`). Both give the
     same 2m x 2m matrix (max abs difference printed). Median of --repeats timed runs.

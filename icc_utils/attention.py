@@ -330,8 +330,11 @@ def segment_runs(P):
 def _run_sums(x, starts, ends, dim: int):
     """Sums of ``x`` over the index runs ``starts[k]:ends[k]`` along ``dim`` (runs do not overlap).
 
-    On the CPU one ``numpy.add.reduceat`` over the run boundaries; on an accelerator one cumulative
-    sum in float64 (differences of it are exact to ~1e-16 for attention probabilities) and two gathers.
+    On the CPU, along the last axis: one ``numpy.add.reduceat`` over the run boundaries; along any
+    other axis: one vectorised sum of whole slabs per run (K sums, each over all the other axes at
+    once; single-index runs are one gather), which is several times faster than ``reduceat`` there.
+    On an accelerator: one cumulative sum in float64 (differences of it are exact to ~1e-16 for
+    attention probabilities) and two gathers.
     """
     import torch
 
@@ -339,6 +342,17 @@ def _run_sums(x, starts, ends, dim: int):
         arr = x.detach()
         arr = (arr if arr.dtype in (torch.float32, torch.float64) else arr.float()).numpy()
         s, e = starts.cpu().numpy(), ends.cpu().numpy()
+        axis = dim % arr.ndim
+        if axis != arr.ndim - 1:
+            shape = list(arr.shape)
+            shape[axis] = len(s)
+            out = np.empty(shape, dtype=arr.dtype)
+            moved, target = np.moveaxis(arr, axis, 0), np.moveaxis(out, axis, 0)  # views
+            single = e - s == 1
+            target[single] = moved[s[single]]
+            for k in np.flatnonzero(~single):
+                np.sum(moved[s[k]:e[k]], axis=0, out=target[k])
+            return torch.from_numpy(out)
         bounds = np.unique(np.concatenate([s, e]))
         bounds = bounds[bounds < arr.shape[dim]]
         sums = np.add.reduceat(arr, bounds, axis=dim)
@@ -368,7 +382,8 @@ def aggregate_blocks(attn, P_rows, P_cols=None):
     if runs_r is None or runs_c is None:
         return P_rows.transpose(0, 1).to(attn.dtype) @ attn @ P_cols.to(attn.dtype)
     (r0, r1, wr), (c0, c1, wc) = runs_r, runs_c
-    sums = _run_sums(_run_sums(attn, c0, c1, dim=-1), r0, r1, dim=-2).to(attn.device)  # (..., K, K)
+    # rows first: (..., R, T) -> (..., K, T) touches every row once; then the small (..., K, T) along columns
+    sums = _run_sums(_run_sums(attn, r0, r1, dim=-2), c0, c1, dim=-1).to(attn.device)  # (..., K, K)
     scale = wr.to(sums.dtype).unsqueeze(1) * wc.to(sums.dtype).unsqueeze(0)
     return (sums * scale.to(sums.device)).to(attn.dtype)
 
