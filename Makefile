@@ -25,7 +25,7 @@ reproduce: $(STAMP)
 	$(PY) -m icc_utils.run --profile $(PROFILE)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py
