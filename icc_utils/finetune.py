@@ -727,9 +727,13 @@ def finetune_findings(summary, paper, check, run, config: FinetuneConfig) -> str
 
 def config_from_params(params: dict, model: str, seed: int) -> FinetuneConfig:
     """The :class:`FinetuneConfig` of notebook 04's ``ft_*`` parameters (a profile or the notebook's
-    own variables); ``ft_max_train_minutes`` 0 means no time limit."""
+    own variables); ``ft_max_train_minutes`` 0 means no time limit; ``ft_bf16`` may be
+    ``"auto"`` (bf16 where this machine runs it natively)."""
     p = {k[3:]: v for k, v in params.items() if k.startswith("ft_")}
     minutes = p.get("max_train_minutes") or 0
+    if p["bf16"] == "auto":   # bf16 where this machine runs it natively (models.native_bf16)
+        from .models import native_bf16
+        p["bf16"] = native_bf16()
     return FinetuneConfig(
         model=model, lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"],
         target_modules=p["target_modules"], learning_rate=p["learning_rate"], lr_schedule=p["lr_schedule"],

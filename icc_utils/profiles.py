@@ -108,6 +108,18 @@ def _is_allowed(value, allowed: list) -> bool:
     return False
 
 
+def check_dtype(name: str, value) -> str:
+    """The weights dtype ``value`` resolved (``auto``: bfloat16 where this machine runs it natively,
+    else float32; :func:`icc_utils.models.resolve_dtype`); a ValueError naming ``name`` otherwise."""
+    from .models import DTYPE_CHOICES, resolve_dtype
+
+    check_choice(name, value, DTYPE_CHOICES)
+    resolved = resolve_dtype(value)
+    if value == "auto":
+        print(f"{name}=auto -> {resolved} on this machine")
+    return resolved
+
+
 def check_choice(name: str, value, allowed: Sequence):
     """``value`` if it is one of ``allowed``."""
     allowed = list(allowed)
