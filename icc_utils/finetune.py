@@ -58,9 +58,10 @@ class FinetuneConfig:
     overrides the base weights' dtype (``None``: bfloat16 when ``bf16`` else float32);
     ``bf16=True`` with ``dtype="float32"`` is plain ``torch.autocast(bfloat16)``.
 
-    Use ``bf16=True`` on a GPU (or a CPU with native bf16 matmuls). On the study's 2-core CPU
-    (no avx512_bf16/AMX flags exposed) every bf16 variant measured ~20x *slower* than fp32
-    (bf16 matmul 0.3-34 GFLOP/s vs ~130 in fp32; benchmarks/finetune.py), so the default is fp32.
+    Use ``bf16=True`` on a GPU or a CPU with native bf16 matmuls (notebook 04's ``ft_bf16: auto``
+    decides by the machine). On the AVX2-only AMD EPYC CPUs every bf16 variant measured ~20x
+    *slower* than fp32 (bf16 matmul 0.3-34 GFLOP/s vs ~130 in fp32); on a 2-core Xeon with AMX
+    (bf16 matmul 655 GFLOP/s vs 161 in fp32) bf16 steps were 1.36x faster (benchmarks/finetune.py).
     """
 
     model: str = "embedded"

@@ -246,10 +246,10 @@ def get_backend(name: str, **kwargs):
 
 # ---------------------------------------------------------------- local transformers backend
 
-#: Default weights dtype of local models. float32: on the 2-core CI/developer CPU (AMD EPYC with
-#: AVX2 but no AVX-512/bf16 instructions) bf16 is emulated and slower (benchmarks/generation.py:
-#: 0.277 episodes/s batched in float32; bf16 slower; a bf16 matmul ran at 0.3 GFLOP/s against 132
-#: in float32, benchmarks/finetune.py). Choose bfloat16 on a GPU or a CPU with native bf16.
+#: Default weights dtype of local models when none is given. float32 runs everywhere; on the study's
+#: AVX2-only AMD EPYC machines bf16 is emulated and ~20x slower (a bf16 matmul ran at 0.3 GFLOP/s
+#: against 132 in float32). The profiles say ``auto`` instead (:func:`resolve_dtype`): bfloat16 on a
+#: GPU or a CPU with AMX/AVX512-BF16 (1.9x faster batched generation on a 2-core Xeon with AMX).
 DEFAULT_LOCAL_DTYPE = "float32"
 #: Tokens allowed beyond the canonical answer of an episode when max_new_tokens is automatic.
 ANSWER_SLACK_TOKENS = 16
