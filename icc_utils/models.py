@@ -143,19 +143,25 @@ class ModelUnavailableError(RuntimeError):
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
+def cpu_native_bf16() -> bool | None:
+    """Whether the CPU exposes AMX-BF16 or AVX512-BF16 (Linux ``/proc/cpuinfo`` flags); None where
+    unknown. No torch import, so RUNINFO can record it cheaply."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def native_bf16() -> bool:
-    """Whether bfloat16 matmuls run natively here: a CUDA GPU with bf16 support, or a CPU that
-    exposes AMX-BF16 or AVX512-BF16 (Linux ``/proc/cpuinfo`` flags). Elsewhere bf16 is emulated and
-    slower than float32 (measured ~20x on the AVX2-only AMD EPYC CPUs of this study's machines)."""
+    """Whether bfloat16 matmuls run natively here: a CUDA GPU with bf16 support, or a CPU with
+    :func:`cpu_native_bf16`. Elsewhere bf16 is emulated and slower than float32 (measured ~20x on
+    the AVX2-only AMD EPYC CPUs of this study's machines)."""
     import torch
 
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool(cpu_native_bf16())
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -180,8 +186,9 @@ def _torch_dtype(dtype: str):
 def load_model_and_tokenizer(name: str, adapter: str | None = None, dtype: str = "float32", device: str | None = None):
     """Load a local causal LM and its tokenizer (and a PEFT adapter if given); model in eval mode.
 
-    ``dtype`` is ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`resolve_dtype`). A hub model that is not available
-    offline fails with :class:`ModelUnavailableError`, which points to the embedded default.
+    ``dtype`` is ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`resolve_dtype`). A hub
+    model that is not available offline fails with :class:`ModelUnavailableError`, which points to
+    the embedded default.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -147,17 +147,10 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _cpu_native_bf16() -> bool | None:
-    """AMX-BF16 / AVX512-BF16 in /proc/cpuinfo (what ``dtype: auto`` keys on); None where unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def environment_info() -> dict:
     """Commit, machine and library versions for RUNINFO.json (no heavy imports)."""
+    from .models import cpu_native_bf16   # what ``dtype: auto`` keys on (no torch import)
+
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     try:
@@ -168,7 +161,7 @@ def environment_info() -> dict:
         "commit": commit,
         "dirty": (bool(status) if status is not None else None) if commit else None,
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "cpu_model": _cpu_model(), "cpu_native_bf16": _cpu_native_bf16(),
+                    "cpu_model": _cpu_model(), "cpu_native_bf16": cpu_native_bf16(),
                     "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_gb": _memory_gb()},
         "python": platform.python_version(),
         "versions": {d: _version(d) for d in ("torch", "transformers", "papermill", "numpy", "scikit-learn")},
