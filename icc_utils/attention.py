@@ -900,7 +900,8 @@ def sc_layer_scores(model, tokenizer, episodes: Sequence, model_id: str, exclude
         for r in done[key]:
             rows.append({"episode_id": ep.id, "distribution": ep.params["distribution"],
                          "df": np.inf if df is None else float(df), "n_clusters": ep.n_clusters, "dim": ep.dim,
-                         "n_points": ep.n_points, **r})
+                         "n_points": ep.n_points, "layer": r["layer"],
+                         **{k: r[k] for k in sorted(r) if k != "layer"}})  # same columns fresh or from the cache
     return pd.DataFrame(rows)
 
 

@@ -268,3 +268,14 @@ def test_aggregation_without_contiguous_segments_uses_the_dense_product():
     fast = A.aggregate_blocks(attn, P).numpy()
     for h in range(2):
         np.testing.assert_allclose(fast[h], A.aggregate_blocks_loop(attn[h].numpy(), owner, m), atol=1e-12)
+
+
+def test_sc_layer_scores_same_table_fresh_and_from_cache(tiny_llama, tmp_path):
+    """A rerun served by the JSON Lines cache writes a byte-identical CSV (same columns, same order)."""
+    model, tok = tiny_llama
+    eps = _episodes()[:2]
+    cache = tmp_path / "sc_cache.jsonl"
+    fresh = A.sc_layer_scores(model, tok, eps, "tiny", cache_path=cache, desc="fresh")
+    cached = A.sc_layer_scores(model, tok, eps, "tiny", cache_path=cache, desc="cached")
+    assert list(fresh.columns)[-4:] == ["layer", "accuracy", "ari", "nmi"]
+    assert fresh.to_csv(index=False) == cached.to_csv(index=False)
