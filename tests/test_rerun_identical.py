@@ -27,7 +27,7 @@ def _tables() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    if not (RESULTS_DIR / PROFILE / "01" / "table1_zero_shot.csv").exists():
+    if not all(any((RESULTS_DIR / PROFILE / f).glob("*.csv")) for f in FOLDERS):  # e.g. this file run alone
         run_notebooks(PROFILE, only=NOTEBOOKS, progress_bar=False)
     first = _tables()
     replies = RESULTS_DIR / PROFILE / "replies" / "SmolLM2-135M-Instruct.jsonl"
