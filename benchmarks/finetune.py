@@ -1,8 +1,10 @@
 """Fine-tuning speed on the embedded model: training tokens per second, fp32 vs the bf16 path.
 
 Real training steps through ``icc_utils.finetune.train`` (the same code path as the notebooks:
-Trainer, LoRA r=64 on q/k/v/o, answer-only loss), on default-profile training episodes
-(Student-t, c 2-5, d 1-4, n 10-50), effective batch 8 (4 x 2 accumulation). The first
+Trainer, LoRA on q/k/v/o, answer-only loss), on default-profile training episodes
+(Student-t, c 2-5, d 1-4, n 10-50), by default with notebook 04's default recipe (LoRA rank, batch
+per device and accumulation read from ``notebooks/profiles/default.yml``: r=16, 1 x 8, so no padding);
+``--lora-r 64 --per-device 4 --accumulation 2`` is the configuration of earlier measurements. The first
 ``--warmup`` steps are not timed. Then a matmul probe (512x2048 @ 2048x2048) in fp32 and bf16
 gives this CPU's attainable GFLOP/s.
 
@@ -19,7 +21,8 @@ episode took 2.1-2.7 s in fp32, 43-46 s with bf16 weights, 45-47 s under autocas
 bf16 variants are ~20x slower here and fp32 is the default; run ``--variants fp32,bf16`` on
 a machine with native bf16 to compare (it takes long on this CPU).
 
-    python benchmarks/finetune.py [--steps 3] [--warmup 1] [--variants fp32,bf16,autocast] [--threads 2]
+    python benchmarks/finetune.py [--steps 3] [--warmup 1] [--lora-r 16] [--per-device 1] [--accumulation 8]
+                                  [--variants fp32,bf16,autocast] [--threads 2]
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from transformers import TrainerCallback  # noqa: E402
 from icc_utils.data import make_training_set  # noqa: E402
 from icc_utils.finetune import EpisodeDataset, FinetuneConfig, IGNORE_INDEX, train  # noqa: E402
 from icc_utils.models import load_model_and_tokenizer  # noqa: E402
+from icc_utils.profiles import load_profile  # noqa: E402
 
 VARIANTS = {  # name -> (bf16, dtype)
     "fp32": (False, None),                 # fp32 weights, fp32 compute
@@ -72,13 +76,18 @@ def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    ap.add_argument("--per-device", type=int, default=4)
-    ap.add_argument("--accumulation", type=int, default=2)
+    ap.add_argument("--per-device", type=int, default=None, help="default: the default profile's")
+    ap.add_argument("--accumulation", type=int, default=None, help="default: the default profile's")
+    ap.add_argument("--lora-r", type=int, default=None, help="default: the default profile's (alpha = 2 r)")
     ap.add_argument("--variants", default="fp32,bf16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    recipe = load_profile("default")
+    args.per_device = args.per_device or recipe["ft_per_device_batch_size"]
+    args.accumulation = args.accumulation or recipe["ft_gradient_accumulation_steps"]
+    args.lora_r = args.lora_r or recipe["ft_lora_r"]
     eff = args.per_device * args.accumulation
     n_steps = args.warmup + args.steps
     episodes = make_training_set(eff * n_steps, root_seed=args.seed)
@@ -95,6 +104,7 @@ def main(argv=None) -> float:
     step_tokens = [sum(lens[s * eff:(s + 1) * eff]) for s in range(n_steps)]
     print(f"model=SmolLM2-135M-Instruct params={n_total / 1e6:.1f}M (non-embedding {n_forward / 1e6:.1f}M) "
           f"torch_threads={torch.get_num_threads()} batch={args.per_device}x{args.accumulation}={eff} episodes/step "
+          f"LoRA r={args.lora_r} "
           f"tokens/episode={min(lens)}..{max(lens)} (mean {sum(lens) / len(lens):.0f}, answer "
           f"{sum(n_ans) / sum(lens):.1%}) steps={args.warmup} warm-up + {args.steps} timed", flush=True)
 
@@ -103,6 +113,7 @@ def main(argv=None) -> float:
         bf16, dtype = VARIANTS[name]
         cfg = FinetuneConfig(model="embedded", per_device_batch_size=args.per_device,
                              gradient_accumulation_steps=args.accumulation, max_steps=n_steps, save_steps=10 ** 6,
+                             lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                              bf16=bf16, dtype=dtype, seed=args.seed)
         timer = StepTimer()
         with tempfile.TemporaryDirectory() as out:
