@@ -105,16 +105,29 @@ def chance_scores(episode, index: int, n_draws: int = 20, seed: int = 0) -> dict
     return {k: float(np.mean([d[k] for d in draws])) for k in ("accuracy", "ari", "nmi")}
 
 
-def chance_rows(episodes: Sequence, n_draws: int = 20, seed: int = 0) -> pd.DataFrame:
-    """Chance level: scores of uniformly random labels in 0..c-1, averaged over ``n_draws`` seeded draws per episode."""
+def _reference_rows(episodes: Sequence, model: str, method: str, scores) -> pd.DataFrame:
+    """Rows of a label-free reference (``scores(index, episode) -> {accuracy, ari, nmi}``), one per episode."""
     rows = []
     for i, ep in enumerate(episodes):
         df = ep.params["df"]
-        rows.append({"model": "chance", "method": "random labels", "episode_id": ep.id,
+        rows.append({"model": model, "method": method, "episode_id": ep.id,
                      "distribution": ep.params["distribution"], "df": np.inf if df is None else float(df),
                      "n_clusters": ep.n_clusters, "dim": ep.dim, "n_points": ep.n_points,
-                     **chance_scores(ep, i, n_draws, seed), "well_formed": True, "n_pred_clusters": ep.n_clusters})
+                     "well_formed": True, "n_pred_clusters": ep.n_clusters, **scores(i, ep)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def chance_rows(episodes: Sequence, n_draws: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Chance level: scores of uniformly random labels in 0..c-1, averaged over ``n_draws`` seeded draws per episode."""
+    return _reference_rows(episodes, "chance", "random labels", lambda i, ep: chance_scores(ep, i, n_draws, seed))
+
+
+def one_label_rows(episodes: Sequence) -> pd.DataFrame:
+    """What answering label 0 for every point scores: accuracy = the largest cluster's share, ARI = NMI = 0.
+    A model that learned the answer format but not the clustering scores about this."""
+    def scores(i, ep):
+        return {**score(ep.labels, np.zeros(ep.n_points, dtype=int)), "n_pred_clusters": 1}
+    return _reference_rows(episodes, "one label", "one label for every point", scores)
 
 
 def comparison_table(summary: pd.DataFrame, columns: str, paper: pd.DataFrame | None = None,

@@ -37,12 +37,13 @@ def test_learning_curve_and_tables(smoke_run):
     assert curve["accuracy"].between(0, 1).all() and curve["kmeans_accuracy"].between(0, 1).all()
     assert (RES / "learning_curve.png").exists()
     t1 = pd.read_csv(RES / "table1_summary.csv")
-    assert {"zero-shot", "finetuned", "kmeans"} <= set(t1["method"])
+    assert {"zero-shot", "finetuned", "kmeans", "one label for every point"} <= set(t1["method"])
     assert t1["accuracy"].between(0, 1).all()
     table1 = pd.read_csv(RES / "table1_finetuned.csv")
     assert any(m.startswith("(paper)") and "finetuned" in m for m in table1["method"])
     check = pd.read_csv(RES / "target_check.csv")
-    assert len(check) == 2 and set(check["met"].astype(str)) <= {"True", "False"}
+    assert len(check) == 3 and set(check["met"].astype(str)) <= {"True", "False"}
+    assert "one label" in check["target"].iloc[2]
     assert {"zero-shot", "finetuned"} <= set(pd.read_csv(RES / "fig7_summary.csv")["method"])
     assert (RES / "figure7_grid.png").exists()
     assert any("finetuned" in m for m in pd.read_csv(RES / "table4_finetuned.csv")["method"])
