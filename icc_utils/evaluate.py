@@ -122,12 +122,15 @@ def chance_rows(episodes: Sequence, n_draws: int = 20, seed: int = 0) -> pd.Data
     return _reference_rows(episodes, "chance", "random labels", lambda i, ep: chance_scores(ep, i, n_draws, seed))
 
 
+ONE_LABEL = ("one label", "one label for every point")  #: (model, method) of :func:`one_label_rows`
+
+
 def one_label_rows(episodes: Sequence) -> pd.DataFrame:
     """What answering label 0 for every point scores: accuracy = the largest cluster's share, ARI = NMI = 0.
     A model that learned the answer format but not the clustering scores about this."""
     def scores(i, ep):
         return {**score(ep.labels, np.zeros(ep.n_points, dtype=int)), "n_pred_clusters": 1}
-    return _reference_rows(episodes, "one label", "one label for every point", scores)
+    return _reference_rows(episodes, *ONE_LABEL, scores)
 
 
 def comparison_table(summary: pd.DataFrame, columns: str, paper: pd.DataFrame | None = None,
