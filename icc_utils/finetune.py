@@ -624,10 +624,12 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
 def curve_evaluator(episodes: Sequence[Episode], batch_size: int = 8) -> Callable:
     """An ``on_eval`` for :func:`train`: greedy free-decoding accuracy of the model being trained on
-    ``episodes`` (one row per df: accuracy, well-formed share), plus the overall mean."""
-    from .metrics import clustering_accuracy
+    ``episodes`` (one row per df: accuracy, well-formed share), plus the overall mean, the mean ARI
+    (about 0 for a model that answers one label for every point, whatever its accuracy) and
+    ``length_ratio``, the mean of labels written / points (1 when the model keeps count)."""
+    from .metrics import ari, clustering_accuracy
     from .models import LocalChatModel
-    from .parsing import is_well_formed
+    from .parsing import is_well_formed, n_labels_written
 
     episodes = list(episodes)
 
@@ -636,7 +638,10 @@ def curve_evaluator(episodes: Sequence[Episode], batch_size: int = 8) -> Callabl
         preds = backend.predict(episodes, desc=f"learning curve, step {step}")
         acc = np.array([clustering_accuracy(ep.labels, p.labels) for ep, p in zip(episodes, preds)])
         wf = np.array([is_well_formed(p.reply, ep.n_points, ep.n_clusters) for ep, p in zip(episodes, preds)])
-        row = {"accuracy": float(acc.mean()), "well_formed": float(wf.mean())}
+        ar = np.array([ari(ep.labels, p.labels) for ep, p in zip(episodes, preds)])
+        ratio = np.array([n_labels_written(p.reply) / ep.n_points for ep, p in zip(episodes, preds)])
+        row = {"accuracy": float(acc.mean()), "well_formed": float(wf.mean()), "ari": float(ar.mean()),
+               "length_ratio": float(ratio.mean())}
         dfs = np.array([ep.params["df"] for ep in episodes], dtype=float)
         for df in np.unique(dfs):
             row[f"accuracy_df{df:g}"] = float(acc[dfs == df].mean())

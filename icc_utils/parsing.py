@@ -38,6 +38,16 @@ def parse_labels(reply, n_points: int) -> list[int]:
     return labels + [INVALID] * (n - len(labels))
 
 
+def n_labels_written(reply) -> int:
+    """How many integers the reply's first list holds (closed, or cut off at the end as in
+    :func:`parse_labels`); 0 if it has none. Compared with the number of points, it tells a reply that
+    lost count from one that got the count right and the labels wrong."""
+    if not isinstance(reply, str):
+        return 0
+    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
+    return 0 if match is None else len(match.group(1).split(","))
+
+
 def is_well_formed(reply, n_points: int, n_clusters: int | None = None) -> bool:
     """Whether the reply holds a list of exactly ``n_points`` labels (in ``0..n_clusters-1`` if given)."""
     if not isinstance(reply, str):

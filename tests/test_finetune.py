@@ -338,3 +338,30 @@ def test_one_label_reference_and_target_check():
     # without the reference rows, the check has the issue's two rows only
     assert len(target_check(summarize(all_rows[all_rows["model"] != "one label"], ["model", "method", "df"]),
                             "m+adapter", "m")) == 2
+
+
+def test_curve_evaluator_scores_accuracy_ari_and_format(monkeypatch):
+    """The learning-curve row: accuracy, well-formed share, mean ARI, and accuracy per df. A model that
+    answers one label for every point gets the largest cluster's share as accuracy and an ARI of 0."""
+    import numpy as np
+
+    from icc_utils import models
+    from icc_utils.finetune import curve_evaluator
+    from icc_utils.metrics import clustering_accuracy
+    from icc_utils.models import Prediction
+    from icc_utils.prompts import answer_text
+
+    eps = [generate_episode(70 + i, "t", 3, 2, df, episode_id=f"v{i}") for i, df in enumerate([1.0, 1.0, 100.0])]
+    replies = {"v0": list(eps[0].labels), "v1": [0] * eps[1].n_points, "v2": [0] * eps[2].n_points}
+
+    def predict(self, episodes, desc=None):
+        return [Prediction(ep.id, replies[ep.id], answer_text(replies[ep.id])) for ep in episodes]
+
+    monkeypatch.setattr(models.LocalChatModel, "_attach", lambda self, model, tok: None)
+    monkeypatch.setattr(models.LocalChatModel, "predict", predict)
+    row = curve_evaluator(eps)(None, None, 3, 12)
+    acc = [1.0] + [clustering_accuracy(ep.labels, [0] * ep.n_points) for ep in eps[1:]]
+    assert row["accuracy"] == pytest.approx(np.mean(acc))
+    assert row["ari"] == pytest.approx(1 / 3)            # perfect (1), one label (0), one label (0)
+    assert row["well_formed"] == 1.0 and row["length_ratio"] == 1.0
+    assert row["accuracy_df1"] == pytest.approx(np.mean(acc[:2])) and row["accuracy_df100"] == pytest.approx(acc[2])

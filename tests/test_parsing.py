@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icc_utils.metrics import score
-from icc_utils.parsing import INVALID, is_well_formed, parse_labels
+from icc_utils.parsing import INVALID, is_well_formed, n_labels_written, parse_labels
 
 ANY_REPLY = st.one_of(
     st.none(), st.text(), st.integers(), st.floats(allow_nan=True), st.binary(), st.booleans(),
@@ -82,6 +82,22 @@ def test_is_well_formed():
     assert not is_well_formed("[0, 1]", 3)
     assert not is_well_formed("[0, -1, 1]", 3)
     assert not is_well_formed(None, 3)
+
+
+def test_n_labels_written_counts_the_list_parse_labels_reads():
+    assert n_labels_written("Labels: [0, 1, 1, 0, 2, 2, 2] and [0]") == 7   # first list, before padding
+    assert n_labels_written("[0, 0, 0, 0, 0") == 5                          # cut off by the token budget
+    assert n_labels_written("[0, -1, 1]") == 3
+    assert n_labels_written("no list") == 0 and n_labels_written(None) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(ANY_REPLY, st.integers(0, 40))
+def test_n_labels_written_agrees_with_parse_labels(reply, n):
+    """Below the number of points, the count is where parse_labels starts padding with -1."""
+    k = n_labels_written(reply)
+    if isinstance(reply, str) and k < n:
+        assert parse_labels(reply, n)[k:] == [INVALID] * (n - k)
 
 
 def test_parsing_is_fast_on_long_garbage():
