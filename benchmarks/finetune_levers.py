@@ -1,0 +1,184 @@
+"""Which recipe lever moves the embedded model past answering one label (issue 4)? Equal-compute arms.
+
+Each arm is the default profile's recipe (``ft_*`` in ``notebooks/profiles/default.yml``) with one
+lever changed, trained for about the same CPU time on notebook 00's default training split, and
+evaluated on the same held-out validation episodes of Table 1's setting (c=3, d=3, df=1, the ``val``
+seed split: never training, never test) halfway and at the end. Beside them: k-means and answering
+one label for every point (the largest cluster's share; ARI 0) on the same episodes. Accuracy above
+the one-label score, or an ARI clearly above 0, is what "learned to cluster" looks like; the default
+recipe's 720-episode run (``results/budget/``) plateaus at the one-label score.
+
+Arms (``--arms``, default all, in this order):
+
+* ``default``      the recipe as is, on the first ``--episodes`` training episodes (shuffled).
+* ``short``        shorter episodes: only training episodes with at most 20 points (the test
+                   episodes keep 10-50), so about twice as many fit the same time.
+* ``curriculum``   the same episodes as ``default``, easy to hard: by (c, d, n), not shuffled.
+* ``updates``      8x more optimiser steps with more capacity: batch 1 without accumulation,
+                   learning rate 2e-4, LoRA on all linear layers (q, k, v, o, gate, up, down).
+
+Every arm writes to ``--out/<arm>/adapter`` (resumable: rerun to continue); ``levers.csv`` and
+``levers.png`` are rebuilt from every arm found under ``--out``. Prints the table, then last: the
+best arm's validation accuracy and ARI against the one-label score and k-means.
+
+    python -m icc_utils.run --profile default --only 00     # the training split, once
+    python benchmarks/finetune_levers.py [--arms default short] [--episodes 160] [--minutes 25]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from icc_utils import RESULTS_DIR, data as D, finetune as F, plots  # noqa: E402
+from icc_utils.baselines import cluster_points  # noqa: E402
+from icc_utils.io import write_csv  # noqa: E402
+from icc_utils.metrics import ari, clustering_accuracy  # noqa: E402
+from icc_utils.profiles import load_profile  # noqa: E402
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: arm -> (config overrides, episode filter, episode-count factor, keep the given order)
+ARMS = {
+    "default": ({}, None, 1, False),
+    "short": ({}, lambda ep: ep.n_points <= 20, 2, False),
+    "curriculum": ({}, None, 1, True),
+    "updates": ({"gradient_accumulation_steps": 1, "learning_rate": 2e-4, "target_modules": ALL_LINEAR}, None, 1,
+                False),
+}
+
+
+class OrderedEpisodes:
+    """Training examples in the order given (the curriculum); :class:`icc_utils.finetune.EpisodeDataset`
+    shuffles instead."""
+
+    def __init__(self, episodes, tokenizer):
+        self.episodes, self.tokenizer = list(episodes), tokenizer
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, i: int) -> dict:
+        return F.encode_training_example(self.tokenizer, self.episodes[i])
+
+
+def arm_episodes(arm: str, n: int) -> list:
+    """The arm's training episodes: the first ``n`` (x the arm's factor) of the default split that pass its filter."""
+    _, keep, factor, ordered = ARMS[arm]
+    pool = F.training_episodes("default", 0)
+    chosen = [ep for ep in pool if keep is None or keep(ep)][:n * factor]
+    if len(chosen) < n * factor:
+        raise SystemExit(f"--episodes={n}: arm {arm!r} needs {n * factor} training episodes, the split has "
+                         f"{len(chosen)}; lower --episodes")
+    if ordered:
+        chosen.sort(key=lambda ep: (ep.n_clusters, ep.params["dim"], ep.n_points))
+    return chosen
+
+
+def references(val) -> dict:
+    """k-means and one-label accuracy / ARI on the validation episodes."""
+    km = [cluster_points("kmeans", ep.points, ep.n_clusters) for ep in val]
+    one = [np.zeros(ep.n_points, dtype=int) for ep in val]
+    return {"kmeans_accuracy": float(np.mean([clustering_accuracy(ep.labels, p) for ep, p in zip(val, km)])),
+            "kmeans_ari": float(np.mean([ari(ep.labels, p) for ep, p in zip(val, km)])),
+            "one_label_accuracy": float(np.mean([clustering_accuracy(ep.labels, p) for ep, p in zip(val, one)]))}
+
+
+def train_arm(arm: str, n: int, minutes: float, val, params: dict, out: Path) -> None:
+    overrides, _, _, ordered = ARMS[arm]
+    config = F.config_from_params({**params, "ft_max_train_minutes": minutes}, params["model"], params["seed"])
+    config = F.FinetuneConfig.from_dict({**config.to_dict(), **overrides})
+    episodes = arm_episodes(arm, n)
+    D.check_disjoint(episodes, val)
+    max_steps = -(-len(episodes) // config.effective_batch_size)
+    half = max(1, max_steps // 2)
+    print(f"[{arm}] {len(episodes)} episodes, {max_steps} steps of {config.effective_batch_size}, lr "
+          f"{config.learning_rate}, LoRA r={config.lora_r} on {list(config.target_modules)}; eval at steps "
+          f"{half} and {max_steps}", flush=True)
+    evaluate = F.curve_evaluator(val, params["batch_size"])
+
+    def on_eval(model, tokenizer, step, seen):  # step 0 is the zero-shot model (notebooks 01 and 04)
+        return evaluate(model, tokenizer, step, seen) if step in (half, max_steps) else None
+
+    make = (lambda eps, tok, n_epochs: OrderedEpisodes(eps, tok)) if ordered else None
+    run = F.train(config, episodes, out / arm / "adapter", on_eval=on_eval, eval_every_steps=1, make_dataset=make)
+    print(f"[{arm}] {run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}",
+          flush=True)
+
+
+def lever_table(out: Path, refs: dict) -> pd.DataFrame:
+    """One row per (arm, evaluation) from every ``<arm>/adapter/eval_curve.csv`` under ``out``;
+    ``minutes`` is wall time since the arm started, its evaluations included."""
+    frames = []
+    for arm in ARMS:
+        path = out / arm / "adapter" / "eval_curve.csv"
+        if path.exists():
+            frames.append(pd.read_csv(path).assign(arm=arm, minutes=lambda d: d["elapsed_s"] / 60))
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    cols = ["arm", "step", "episodes_seen", "minutes", "accuracy", "ari", "well_formed"]
+    cols += [c for c in ("length_ratio",) if c in table]   # labels written / points (evaluations since it exists)
+    return table[cols].assign(**refs).round(4)
+
+
+def plot_levers(table: pd.DataFrame, refs: dict):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, g in table.groupby("arm", sort=False):
+        axes[0].plot(g["minutes"], g["accuracy"], marker="o", label=arm)
+        axes[1].plot(g["minutes"], g["ari"], marker="o", label=arm)
+    axes[0].axhline(refs["kmeans_accuracy"], color="k", ls="--", lw=1, label="k-means")
+    axes[0].axhline(refs["one_label_accuracy"], color="gray", ls=":", lw=1.5, label="one label for every point")
+    axes[1].axhline(refs["kmeans_ari"], color="k", ls="--", lw=1, label="k-means")
+    axes[1].axhline(0.0, color="gray", ls=":", lw=1.5, label="one label (ARI 0)")
+    for ax, what in zip(axes, ("accuracy", "ARI")):
+        ax.set_xlabel("minutes since the arm started, evaluations included (2-core CPU, float32)")
+        ax.set_ylabel(f"validation {what}")
+        ax.legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct, one lever per arm: c=3, d=3, df=1 (validation episodes)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), help=f"any of {list(ARMS)}")
+    ap.add_argument("--episodes", type=int, default=160, help="training episodes per arm (short: twice as many)")
+    ap.add_argument("--minutes", type=float, default=25.0, help="time cap per arm (rerun to continue)")
+    ap.add_argument("--eval-n", type=int, default=20, help="validation episodes at df=1")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "levers"))
+    args = ap.parse_args(argv)
+    bad = [a for a in args.arms if a not in ARMS]
+    if bad:
+        raise SystemExit(f"--arms: {bad} not allowed; choose from {list(ARMS)}")
+    for name in ("episodes", "eval_n"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed; it must be >= 1")
+    if not args.minutes > 0:
+        raise SystemExit(f"--minutes={args.minutes} is not allowed; it must be > 0")
+
+    params = load_profile("default")
+    val = D.validation_episodes(params["seed"], params["t1_n_clusters"], params["t1_dim"], [1], args.eval_n)
+    out = Path(args.out)
+    for arm in args.arms:
+        train_arm(arm, args.episodes, args.minutes, val, params, out)
+    refs = references(val)
+    table = lever_table(out, refs)
+    write_csv(out / "levers.csv", table)
+    plots.save_figure(plot_levers(table, refs), out / "levers.png")
+    print(table.to_string(index=False))
+    last = table.sort_values("step").groupby("arm", sort=False).tail(1)
+    best = last.sort_values("accuracy").iloc[-1]
+    print(f"best arm at its end: {best['arm']} accuracy {best['accuracy']:.3f} ARI {best['ari']:.3f} after "
+          f"{int(best['episodes_seen'])} episodes; one label {refs['one_label_accuracy']:.3f}, k-means "
+          f"{refs['kmeans_accuracy']:.3f} (ARI {refs['kmeans_ari']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
