@@ -35,6 +35,7 @@ def test_learning_curve_and_tables(smoke_run):
     curve = pd.read_csv(RES / "learning_curve.csv")
     assert curve["step"].iloc[0] == 0 and len(curve) >= 2  # before training, then during/after
     assert curve["accuracy"].between(0, 1).all() and curve["kmeans_accuracy"].between(0, 1).all()
+    assert curve["ari"].between(-1, 1).all() and (curve["length_ratio"] >= 0).all()
     assert (RES / "learning_curve.png").exists()
     t1 = pd.read_csv(RES / "table1_summary.csv")
     assert {"zero-shot", "finetuned", "kmeans", "one label for every point"} <= set(t1["method"])
