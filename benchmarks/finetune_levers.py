@@ -21,12 +21,20 @@ Every arm writes to ``--out/<arm>/adapter`` (resumable: rerun to continue); ``le
 ``levers.png`` are rebuilt from every arm found under ``--out``. Prints the table, then last: the
 best arm's validation accuracy and ARI against the one-label score and k-means.
 
+``--constrained`` then scores every finished arm's adapter, the pretrained model and any
+``--also-adapters`` (e.g. ``results/budget/adapter``) with constrained decoding on the same episodes
+(the reply forced to exactly n labels in 0..c-1): with the count taken off the model's hands, an ARI
+above 0 would show clustering that free decoding hides. One CSV row per model in
+``constrained.csv`` (each written as soon as it is scored; a rerun skips those already there).
+
     python -m icc_utils.run --profile default --only 00     # the training split, once
     python benchmarks/finetune_levers.py [--arms default short] [--episodes 160] [--minutes 25]
+    python benchmarks/finetune_levers.py --arms --constrained --also-adapters results/budget/adapter
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -126,6 +134,36 @@ def lever_table(out: Path, refs: dict) -> pd.DataFrame:
     return table[cols].assign(**refs).round(4)
 
 
+def constrained_table(out: Path, val, params: dict, also: list, refs: dict) -> pd.DataFrame:
+    """Constrained-decoding accuracy and ARI on ``val`` for the pretrained model, every finished arm and ``also``."""
+    from icc_utils.models import get_backend
+
+    path = out / "constrained.csv"
+    rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+    done = {r["model"] for r in rows}
+    candidates = [("pretrained", None, 0)]
+    for adapter in [out / arm / "adapter" for arm in ARMS] + [Path(a) for a in also]:
+        meta = adapter / "train_config.json"
+        if meta.exists() and json.loads(meta.read_text()).get("finished"):
+            name = adapter.parent.name if adapter.parent.parent == out else str(adapter)
+            candidates.append((name, adapter, json.loads(meta.read_text())["episodes_seen"]))
+    for name, adapter, seen in candidates:
+        if name in done:
+            continue
+        backend = get_backend(params["model"], adapter=str(adapter) if adapter else None, dtype="float32",
+                              batch_size=params["batch_size"])
+        preds = backend.predict(val, constrained=True, desc=f"{name}, constrained")
+        rows.append({"model": name, "episodes_seen": seen,
+                     "constrained_accuracy": float(np.mean([clustering_accuracy(ep.labels, p.labels)
+                                                            for ep, p in zip(val, preds)])),
+                     "constrained_ari": float(np.mean([ari(ep.labels, p.labels) for ep, p in zip(val, preds)]))})
+        write_csv(path, pd.DataFrame(rows))
+        print(f"constrained: {rows[-1]}", flush=True)
+    table = pd.DataFrame(rows).assign(**refs).round(4)
+    write_csv(path, table)
+    return table
+
+
 def plot_levers(table: pd.DataFrame, refs: dict):
     import matplotlib.pyplot as plt
 
@@ -148,11 +186,13 @@ def plot_levers(table: pd.DataFrame, refs: dict):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), help=f"any of {list(ARMS)}")
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), help=f"any of {list(ARMS)}")
     ap.add_argument("--episodes", type=int, default=160, help="training episodes per arm (short: twice as many)")
     ap.add_argument("--minutes", type=float, default=25.0, help="time cap per arm (rerun to continue)")
     ap.add_argument("--eval-n", type=int, default=20, help="validation episodes at df=1")
     ap.add_argument("--out", default=str(RESULTS_DIR / "levers"))
+    ap.add_argument("--constrained", action="store_true", help="then score the adapters with constrained decoding")
+    ap.add_argument("--also-adapters", nargs="*", default=[], help="more adapter directories for --constrained")
     args = ap.parse_args(argv)
     bad = [a for a in args.arms if a not in ARMS]
     if bad:
@@ -160,6 +200,9 @@ def main(argv=None) -> None:
     for name in ("episodes", "eval_n"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed; it must be >= 1")
+    for a in args.also_adapters:
+        if not (Path(a) / "adapter_model.safetensors").exists():
+            raise SystemExit(f"--also-adapters: {a} holds no adapter_model.safetensors; give PEFT adapter directories")
     if not args.minutes > 0:
         raise SystemExit(f"--minutes={args.minutes} is not allowed; it must be > 0")
 
@@ -178,6 +221,8 @@ def main(argv=None) -> None:
     print(f"best arm at its end: {best['arm']} accuracy {best['accuracy']:.3f} ARI {best['ari']:.3f} after "
           f"{int(best['episodes_seen'])} episodes; one label {refs['one_label_accuracy']:.3f}, k-means "
           f"{refs['kmeans_accuracy']:.3f} (ARI {refs['kmeans_ari']:.3f})")
+    if args.constrained:
+        print(constrained_table(out, val, params, args.also_adapters, refs).to_string(index=False))
 
 
 if __name__ == "__main__":
