@@ -9,6 +9,12 @@ _INT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\]")
 _CUT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\Z")
 
 
+def _first_list(reply) -> list[str] | None:
+    """The items of the reply's first list of integers (closed, or cut off at the end), or None."""
+    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
+    return None if match is None else match.group(1).split(",")
+
+
 def parse_labels(reply, n_points: int) -> list[int]:
     """Labels from the first list of integers in ``reply``; never raises.
 
@@ -24,11 +30,11 @@ def parse_labels(reply, n_points: int) -> list[int]:
         return []
     if not isinstance(reply, str):
         return [INVALID] * n
-    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
-    if match is None:
+    items = _first_list(reply)
+    if items is None:
         return [INVALID] * n
     labels = []
-    for tok in match.group(1).split(","):
+    for tok in items:
         try:
             v = int(tok.strip())
         except ValueError:  # pragma: no cover - the regex only admits integers
@@ -44,8 +50,8 @@ def n_labels_written(reply) -> int:
     lost count from one that got the count right and the labels wrong."""
     if not isinstance(reply, str):
         return 0
-    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
-    return 0 if match is None else len(match.group(1).split(","))
+    items = _first_list(reply)
+    return 0 if items is None else len(items)
 
 
 def is_well_formed(reply, n_points: int, n_clusters: int | None = None) -> bool:
