@@ -38,15 +38,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icc_utils import RESULTS_DIR, data as D, finetune as F, plots  # noqa: E402
-from icc_utils.baselines import cluster_points  # noqa: E402
+from icc_utils import evaluate as E  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
-from icc_utils.metrics import ari, clustering_accuracy  # noqa: E402
+from icc_utils.models import get_backend  # noqa: E402
 from icc_utils.profiles import load_profile  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -89,11 +88,9 @@ def arm_episodes(arm: str, n: int) -> list:
 
 def references(val) -> dict:
     """k-means and one-label accuracy / ARI on the validation episodes."""
-    km = [cluster_points("kmeans", ep.points, ep.n_clusters) for ep in val]
-    one = [np.zeros(ep.n_points, dtype=int) for ep in val]
-    return {"kmeans_accuracy": float(np.mean([clustering_accuracy(ep.labels, p) for ep, p in zip(val, km)])),
-            "kmeans_ari": float(np.mean([ari(ep.labels, p) for ep, p in zip(val, km)])),
-            "one_label_accuracy": float(np.mean([clustering_accuracy(ep.labels, p) for ep, p in zip(val, one)]))}
+    km = E.evaluate(get_backend("kmeans"), val, "default")
+    return {"kmeans_accuracy": float(km["accuracy"].mean()), "kmeans_ari": float(km["ari"].mean()),
+            "one_label_accuracy": float(E.one_label_rows(val)["accuracy"].mean())}
 
 
 def train_arm(arm: str, n: int, minutes: float, val, params: dict, out: Path) -> None:
@@ -136,27 +133,25 @@ def lever_table(out: Path, refs: dict) -> pd.DataFrame:
 
 def constrained_table(out: Path, val, params: dict, also: list, refs: dict) -> pd.DataFrame:
     """Constrained-decoding accuracy and ARI on ``val`` for the pretrained model, every finished arm and ``also``."""
-    from icc_utils.models import get_backend
-
     path = out / "constrained.csv"
     rows = pd.read_csv(path).to_dict("records") if path.exists() else []
     done = {r["model"] for r in rows}
     candidates = [("pretrained", None, 0)]
     for adapter in [out / arm / "adapter" for arm in ARMS] + [Path(a) for a in also]:
         meta = adapter / "train_config.json"
-        if meta.exists() and json.loads(meta.read_text()).get("finished"):
+        meta = json.loads(meta.read_text()) if meta.exists() else {}
+        if meta.get("finished"):
             name = adapter.parent.name if adapter.parent.parent == out else str(adapter)
-            candidates.append((name, adapter, json.loads(meta.read_text())["episodes_seen"]))
+            candidates.append((name, adapter, meta["episodes_seen"]))
     for name, adapter, seen in candidates:
         if name in done:
             continue
         backend = get_backend(params["model"], adapter=str(adapter) if adapter else None, dtype="float32",
                               batch_size=params["batch_size"])
-        preds = backend.predict(val, constrained=True, desc=f"{name}, constrained")
-        rows.append({"model": name, "episodes_seen": seen,
-                     "constrained_accuracy": float(np.mean([clustering_accuracy(ep.labels, p.labels)
-                                                            for ep, p in zip(val, preds)])),
-                     "constrained_ari": float(np.mean([ari(ep.labels, p.labels) for ep, p in zip(val, preds)]))})
+        scored = E.score_predictions(val, backend.predict(val, constrained=True, desc=f"{name}, constrained"),
+                                     name, "constrained")
+        rows.append({"model": name, "episodes_seen": seen, "constrained_accuracy": float(scored["accuracy"].mean()),
+                     "constrained_ari": float(scored["ari"].mean())})
         write_csv(path, pd.DataFrame(rows))
         print(f"constrained: {rows[-1]}", flush=True)
     table = pd.DataFrame(rows).assign(**refs).round(4)
