@@ -313,9 +313,8 @@ def test_one_label_reference_and_target_check():
     import numpy as np
 
     from icc_utils.evaluate import one_label_rows
-    from icc_utils.metrics import summarize
     from icc_utils.finetune import target_check
-    from icc_utils.metrics import score
+    from icc_utils.metrics import score, summarize
 
     eps = [generate_episode(50 + i, "t", 3, 3, df, episode_id=f"t{i}") for i, df in enumerate([1.0, 1.0, 100.0])]
     ref = one_label_rows(eps)
