@@ -16,6 +16,10 @@ Arms (``--arms``, default all, in this order):
 * ``curriculum``   the same episodes as ``default``, easy to hard: by (c, d, n), not shuffled.
 * ``updates``      8x more optimiser steps with more capacity: batch 1 without accumulation,
                    learning rate 2e-4, LoRA on all linear layers (q, k, v, o, gate, up, down).
+* ``indexed``      a labelled ablation of the answer format (not the paper's): the same episodes as
+                   ``default``, with numbered points and ``index: label`` answers
+                   (``[1: [0.12, -3.40], 2: ...]`` -> ``[1: 0, 2: 1, ...]``), trained and scored in
+                   that format, so the model can find each label's point and knows where the list ends.
 
 Every arm writes to ``--out/<arm>/adapter`` (resumable: rerun to continue); ``levers.csv`` and
 ``levers.png`` are rebuilt from every arm found under ``--out``. Prints the table, then last: the
@@ -36,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -49,13 +55,24 @@ from icc_utils.models import get_backend  # noqa: E402
 from icc_utils.profiles import load_profile  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-#: arm -> (config overrides, episode filter, episode-count factor, keep the given order)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One lever: config overrides, an episode filter and count factor, the curriculum order, the answer format."""
+    overrides: dict = field(default_factory=dict)
+    keep: Callable | None = None
+    factor: int = 1
+    ordered: bool = False
+    answer_format: str = "paper"
+
+
 ARMS = {
-    "default": ({}, None, 1, False),
-    "short": ({}, lambda ep: ep.n_points <= 20, 2, False),
-    "curriculum": ({}, None, 1, True),
-    "updates": ({"gradient_accumulation_steps": 1, "learning_rate": 2e-4, "target_modules": ALL_LINEAR}, None, 1,
-                False),
+    "default": Arm(),
+    "short": Arm(keep=lambda ep: ep.n_points <= 20, factor=2),
+    "curriculum": Arm(ordered=True),
+    "updates": Arm(overrides={"gradient_accumulation_steps": 1, "learning_rate": 2e-4, "target_modules": ALL_LINEAR}),
+    "indexed": Arm(answer_format="indexed"),
 }
 
 
@@ -75,13 +92,13 @@ class OrderedEpisodes:
 
 def arm_episodes(arm: str, n: int) -> list:
     """The arm's training episodes: the first ``n`` (x the arm's factor) of the default split that pass its filter."""
-    _, keep, factor, ordered = ARMS[arm]
+    spec = ARMS[arm]
     pool = F.training_episodes("default", 0)
-    chosen = [ep for ep in pool if keep is None or keep(ep)][:n * factor]
-    if len(chosen) < n * factor:
-        raise SystemExit(f"--episodes={n}: arm {arm!r} needs {n * factor} training episodes, the split has "
+    chosen = [ep for ep in pool if spec.keep is None or spec.keep(ep)][:n * spec.factor]
+    if len(chosen) < n * spec.factor:
+        raise SystemExit(f"--episodes={n}: arm {arm!r} needs {n * spec.factor} training episodes, the split has "
                          f"{len(chosen)}; lower --episodes")
-    if ordered:
+    if spec.ordered:
         chosen.sort(key=lambda ep: (ep.n_clusters, ep.params["dim"], ep.n_points))
     return chosen
 
@@ -93,24 +110,37 @@ def references(val) -> dict:
             "one_label_accuracy": float(E.one_label_rows(val)["accuracy"].mean())}
 
 
+def dataset_maker(spec: Arm, config) -> Callable | None:
+    """``make_dataset`` for :func:`icc_utils.finetune.train`: the curriculum's fixed order, the ablation's answer
+    format, or None (the default shuffled dataset)."""
+    if spec.ordered:
+        return lambda eps, tok, n_epochs: OrderedEpisodes(eps, tok)
+    if spec.answer_format != "paper":
+        return lambda eps, tok, n_epochs: F.EpisodeDataset(eps, tok, config.n_permutations, config.seed, n_epochs,
+                                                           answer_format=spec.answer_format)
+    return None
+
+
 def train_arm(arm: str, n: int, minutes: float, val, params: dict, out: Path) -> None:
-    overrides, _, _, ordered = ARMS[arm]
+    spec = ARMS[arm]
     config = F.config_from_params({**params, "ft_max_train_minutes": minutes}, params["model"], params["seed"])
-    config = F.FinetuneConfig.from_dict({**config.to_dict(), **overrides})
+    config = F.FinetuneConfig.from_dict({**config.to_dict(), **spec.overrides})
     episodes = arm_episodes(arm, n)
     D.check_disjoint(episodes, val)
     max_steps = -(-len(episodes) // config.effective_batch_size)
     half = max(1, max_steps // 2)
     print(f"[{arm}] {len(episodes)} episodes, {max_steps} steps of {config.effective_batch_size}, lr "
-          f"{config.learning_rate}, LoRA r={config.lora_r} on {list(config.target_modules)}; eval at steps "
-          f"{half} and {max_steps}", flush=True)
-    evaluate = F.curve_evaluator(val, params["batch_size"])
+          f"{config.learning_rate}, LoRA r={config.lora_r} on {list(config.target_modules)}, answer format "
+          f"{spec.answer_format}; eval at steps {half} and {max_steps}", flush=True)
+    evaluate = F.curve_evaluator(val, params["batch_size"], answer_format=spec.answer_format)
 
     def on_eval(model, tokenizer, step, seen):  # step 0 is the zero-shot model (notebooks 01 and 04)
         return evaluate(model, tokenizer, step, seen) if step in (half, max_steps) else None
 
-    make = (lambda eps, tok, n_epochs: OrderedEpisodes(eps, tok)) if ordered else None
-    run = F.train(config, episodes, out / arm / "adapter", on_eval=on_eval, eval_every_steps=1, make_dataset=make)
+    # the ablation's format is recorded in train_config.json, as part of the run's identity
+    record = {"_answer_format": spec.answer_format} if spec.answer_format != "paper" else None
+    run = F.train(config, episodes, out / arm / "adapter", on_eval=on_eval, eval_every_steps=1,
+                  make_dataset=dataset_maker(spec, config), lora_overrides=record)
     print(f"[{arm}] {run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}",
           flush=True)
 
@@ -122,22 +152,25 @@ def lever_table(out: Path, refs: dict) -> pd.DataFrame:
     for arm in ARMS:
         path = out / arm / "adapter" / "eval_curve.csv"
         if path.exists():
-            frames.append(pd.read_csv(path).assign(arm=arm, minutes=lambda d: d["elapsed_s"] / 60))
+            frames.append(pd.read_csv(path).assign(arm=arm, answer_format=ARMS[arm].answer_format,
+                                                   minutes=lambda d: d["elapsed_s"] / 60))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
-    cols = ["arm", "step", "episodes_seen", "minutes", "accuracy", "ari", "well_formed"]
+    cols = ["arm", "answer_format", "step", "episodes_seen", "minutes", "accuracy", "ari", "well_formed"]
     cols += [c for c in ("length_ratio",) if c in table]   # labels written / points (evaluations since it exists)
     return table[cols].assign(**refs).round(4)
 
 
 def constrained_table(out: Path, val, params: dict, also: list, refs: dict) -> pd.DataFrame:
-    """Constrained-decoding accuracy and ARI on ``val`` for the pretrained model, every finished arm and ``also``."""
+    """Constrained-decoding accuracy and ARI on ``val`` for the pretrained model, every finished arm and ``also``
+    (not the ``indexed`` ablation: constrained decoding writes the paper's format only)."""
     path = out / "constrained.csv"
     rows = pd.read_csv(path).to_dict("records") if path.exists() else []
     done = {r["model"] for r in rows}
     candidates = [("pretrained", None, 0)]
-    for adapter in [out / arm / "adapter" for arm in ARMS] + [Path(a) for a in also]:
+    arms = [arm for arm, spec in ARMS.items() if spec.answer_format == "paper"]
+    for adapter in [out / arm / "adapter" for arm in arms] + [Path(a) for a in also]:
         meta = adapter / "train_config.json"
         meta = json.loads(meta.read_text()) if meta.exists() else {}
         if meta.get("finished"):
@@ -164,8 +197,9 @@ def plot_levers(table: pd.DataFrame, refs: dict):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm, g in table.groupby("arm", sort=False):
-        axes[0].plot(g["minutes"], g["accuracy"], marker="o", label=arm)
-        axes[1].plot(g["minutes"], g["ari"], marker="o", label=arm)
+        label = arm if ARMS[arm].answer_format == "paper" else f"{arm} (ablation: not the paper's answer format)"
+        axes[0].plot(g["minutes"], g["accuracy"], marker="o", label=label)
+        axes[1].plot(g["minutes"], g["ari"], marker="o", label=label)
     axes[0].axhline(refs["kmeans_accuracy"], color="k", ls="--", lw=1, label="k-means")
     axes[0].axhline(refs["one_label_accuracy"], color="gray", ls=":", lw=1.5, label="one label for every point")
     axes[1].axhline(refs["kmeans_ari"], color="k", ls="--", lw=1, label="k-means")

@@ -37,7 +37,7 @@ import numpy as np
 
 from .data import Episode, permute_episode
 from .io import write_csv, write_json
-from .prompts import answer_text, episode_messages
+from .prompts import answer_text, check_answer_format, episode_messages
 
 IGNORE_INDEX = -100
 LR_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -217,15 +217,16 @@ def _end_of_turn_ids(tokenizer) -> set[int]:
     return ids
 
 
-def encode_training_example(tokenizer, episode: Episode, known_k: bool = True) -> dict:
-    """Token ids and labels for one numeric episode (see :func:`encode_chat_example`)."""
+def encode_training_example(tokenizer, episode: Episode, known_k: bool = True, answer_format: str = "paper") -> dict:
+    """Token ids and labels for one numeric episode (see :func:`encode_chat_example`); ``answer_format``
+    (prompt and answer) as in :func:`icc_utils.prompts.user_prompt`."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template; "
                          "fine-tuning uses the model's own chat template (use an -Instruct model)")
-    messages = episode_messages(episode, known_k)
+    messages = episode_messages(episode, known_k, answer_format)
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": answer_text(episode.labels)}], tokenize=False)
+        messages + [{"role": "assistant", "content": answer_text(episode.labels, answer_format)}], tokenize=False)
     return encode_chat_example(tokenizer, prompt, full, episode.id)
 
 
@@ -263,12 +264,13 @@ class EpisodeDataset:
     """The training examples: ``n_permutations`` orders of each episode, for ``n_epochs`` passes.
 
     Each pass visits every (episode, permutation) once in an order drawn from
-    ``numpy.random.default_rng([seed, pass])``; items are tokenised when read.
+    ``numpy.random.default_rng([seed, pass])``; items are tokenised when read, in ``answer_format``.
     """
 
     def __init__(self, episodes: Sequence[Episode], tokenizer, n_permutations: int = 1, seed: int = 0,
-                 n_epochs: int = 1):
+                 n_epochs: int = 1, answer_format: str = "paper"):
         self.episodes, self.tokenizer = list(episodes), tokenizer
+        self.answer_format = check_answer_format(answer_format)
         self.k, self.seed = int(n_permutations), int(seed)
         n_items = len(self.episodes) * self.k
         self.order = np.concatenate([np.random.default_rng([self.seed, e]).permutation(n_items)
@@ -287,7 +289,7 @@ class EpisodeDataset:
         return permute_episode(ep, permutation_seeds(ep, self.k, self.seed)[j], suffix=f"perm{j}")
 
     def __getitem__(self, i: int) -> dict:
-        return encode_training_example(self.tokenizer, self.episode(i))
+        return encode_training_example(self.tokenizer, self.episode(i), answer_format=self.answer_format)
 
 
 def collate(examples: Sequence[dict], pad_token_id: int = 0) -> dict:
@@ -622,24 +624,28 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
 # ---------------------------------------------------------------- notebook 04: evaluation around training
 
-def curve_evaluator(episodes: Sequence[Episode], batch_size: int = 8) -> Callable:
+def curve_evaluator(episodes: Sequence[Episode], batch_size: int = 8, answer_format: str = "paper") -> Callable:
     """An ``on_eval`` for :func:`train`: greedy free-decoding accuracy of the model being trained on
     ``episodes`` (one row per df: accuracy, well-formed share), plus the overall mean, the mean ARI
     (about 0 for a model that answers one label for every point, whatever its accuracy) and
-    ``length_ratio``, the mean of labels written / points (1 when the model keeps count)."""
+    ``length_ratio``, the mean of labels written / points (1 when the model keeps count).
+    ``answer_format`` as in :class:`~icc_utils.models.LocalChatModel` (``indexed``: a labelled ablation)."""
     from .metrics import ari, clustering_accuracy
     from .models import LocalChatModel
     from .parsing import is_well_formed, n_labels_written
 
     episodes = list(episodes)
+    check_answer_format(answer_format)
 
     def on_eval(model, tokenizer, step, episodes_seen):
-        backend = LocalChatModel.from_loaded(model, tokenizer, name=f"in-training-step{step}", batch_size=batch_size)
+        backend = LocalChatModel.from_loaded(model, tokenizer, name=f"in-training-step{step}", batch_size=batch_size,
+                                             answer_format=answer_format)
         preds = backend.predict(episodes, desc=f"learning curve, step {step}")
         acc = np.array([clustering_accuracy(ep.labels, p.labels) for ep, p in zip(episodes, preds)])
-        wf = np.array([is_well_formed(p.reply, ep.n_points, ep.n_clusters) for ep, p in zip(episodes, preds)])
+        wf = np.array([is_well_formed(p.reply, ep.n_points, ep.n_clusters, answer_format)
+                       for ep, p in zip(episodes, preds)])
         ar = np.array([ari(ep.labels, p.labels) for ep, p in zip(episodes, preds)])
-        ratio = np.array([n_labels_written(p.reply) / ep.n_points for ep, p in zip(episodes, preds)])
+        ratio = np.array([n_labels_written(p.reply, answer_format) / ep.n_points for ep, p in zip(episodes, preds)])
         row = {"accuracy": float(acc.mean()), "well_formed": float(wf.mean()), "ari": float(ar.mean()),
                "length_ratio": float(ratio.mean())}
         dfs = np.array([ep.params["df"] for ep in episodes], dtype=float)

@@ -283,7 +283,9 @@ class LocalChatModel:
     ``max_new_tokens=None`` (automatic) gives each batch enough tokens for the canonical answer
     ``[0, 1, ...]`` of its longest episode (measured with the tokenizer, widest labels) plus
     :data:`ANSWER_SLACK_TOKENS`. ``constrained=True`` forces the reply to be exactly ``n`` labels
-    in ``0..c-1`` (see :mod:`icc_utils.decoding`).
+    in ``0..c-1`` (see :mod:`icc_utils.decoding`). ``answer_format="indexed"`` is a labelled ablation
+    (numbered points, ``index: label`` answers; see :mod:`icc_utils.prompts`): prompts, the answer
+    budget and the parsing follow it; constrained decoding knows only the paper's format.
     """
 
     kind = "local"
@@ -291,7 +293,10 @@ class LocalChatModel:
     unavailable_reason = ""
 
     def __init__(self, name: str = "embedded", adapter: str | None = None, dtype: str = DEFAULT_LOCAL_DTYPE,
-                 batch_size: int = 8, max_new_tokens: int | None = None, device: str | None = None):
+                 batch_size: int = 8, max_new_tokens: int | None = None, device: str | None = None,
+                 answer_format: str = "paper"):
+        from .prompts import check_answer_format
+
         dtype = resolve_dtype(dtype)   # the model id (and so the reply cache) names the real dtype
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is out of range; it must be an integer >= 1")
@@ -305,6 +310,7 @@ class LocalChatModel:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.device = device
+        self.answer_format = check_answer_format(answer_format)
         self.name = display_name(name) + (f"+{Path(self.adapter).name}" if self.adapter else "")
         self.model_id = self._make_model_id()
         self._model = None
@@ -330,7 +336,8 @@ class LocalChatModel:
         return f"{base}|{self.dtype}"
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, name: str, batch_size: int = 8) -> "LocalChatModel":
+    def from_loaded(cls, model, tokenizer, name: str, batch_size: int = 8,
+                    answer_format: str = "paper") -> "LocalChatModel":
         """Wrap a model already in memory (e.g. one being fine-tuned) for greedy prediction.
 
         ``name`` identifies it in cache keys; do not share a reply cache between different weights.
@@ -338,7 +345,7 @@ class LocalChatModel:
         """
         import copy
 
-        obj = cls("embedded", batch_size=batch_size)
+        obj = cls("embedded", batch_size=batch_size, answer_format=answer_format)
         obj.source, obj.name, obj.model_id = name, name, f"{name}|in-memory"
         obj._attach(model, copy.deepcopy(tokenizer))
         return obj
@@ -382,7 +389,7 @@ class LocalChatModel:
         """The episode's prompt rendered with the model's chat template (ends with the assistant header)."""
         from .prompts import episode_messages, render_chat
 
-        return render_chat(self.tokenizer, episode_messages(episode, known_k))
+        return render_chat(self.tokenizer, episode_messages(episode, known_k, self.answer_format))
 
     # ------------------------------------------------------------ decoding settings
 
@@ -405,6 +412,8 @@ class LocalChatModel:
         d = {"greedy": True, "constrained": bool(constrained), "max_new_tokens": policy, "dtype": self.dtype}
         if constrained:
             d["constraint"] = "n labels in 0..c-1 as [l0, l1, ...]; unknown k: 0..min(n,10)-1"
+        if self.answer_format != "paper":   # the paper's format leaves the keys as they always were
+            d["answer_format"] = self.answer_format
         return d
 
     def answer_budget(self, n_points: int, n_clusters: int | None = None, constrained: bool = False) -> int:
@@ -418,7 +427,7 @@ class LocalChatModel:
             top = max_label(n_points, n_clusters)
             widest = [top] * int(n_points)
             cycling = [i % (top + 1) for i in range(int(n_points))]
-            n_tok = max(len(tok(answer_text(labels), add_special_tokens=False).input_ids)
+            n_tok = max(len(tok(answer_text(labels, self.answer_format), add_special_tokens=False).input_ids)
                         for labels in (widest, cycling))
             budget = n_tok + ANSWER_SLACK_TOKENS
             if constrained:  # every allowed token has >= 1 character: this always completes the answer
@@ -457,6 +466,9 @@ class LocalChatModel:
         model, tok = self.load()
         if constrained and n_points is None:
             raise ValueError("constrained decoding needs n_points (one per prompt)")
+        if constrained and self.answer_format != "paper":
+            raise ValueError(f"constrained decoding writes the paper's answer format only; this model has "
+                             f"answer_format={self.answer_format!r}")
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
@@ -580,8 +592,9 @@ class LocalChatModel:
             rec = cache.get(keys[i])
             reply = rec["reply"]
             usage = rec.get("usage") or {}
-            out.append(Prediction(ep.id, parse_labels(reply, ep.n_points), reply=reply,
-                                  well_formed=is_well_formed(reply, ep.n_points, cs[i]), cached=was_cached[i],
+            fmt = self.answer_format
+            out.append(Prediction(ep.id, parse_labels(reply, ep.n_points, fmt), reply=reply,
+                                  well_formed=is_well_formed(reply, ep.n_points, cs[i], fmt), cached=was_cached[i],
                                   usage={"prompt_tokens": usage.get("prompt_tokens", 0),
                                          "completion_tokens": usage.get("completion_tokens", 0)}))
         return out

@@ -10,6 +10,20 @@ USER_TEMPLATE = ("Cluster the following data into {n_clusters} clusters. Only ou
 USER_TEMPLATE_UNKNOWN_K = ("Cluster the following data. Only output the cluster labels "
                            "for each point as a list of integers. Data: {data} Labels:")
 
+#: Answer formats. ``paper``: the paper's (every headline number). ``indexed``: a labelled ablation
+#: (ours, issue 4) that numbers the points in the data and the labels in the answer,
+#: ``[1: [-0.93, 9.78], 2: [4.85, 0.01]]`` -> ``[1: 0, 2: 1]``, so that a small model can match
+#: each label to its point and knows when the list ends.
+ANSWER_FORMATS = ("paper", "indexed")
+INDEXED_INSTRUCTION = "Only output the cluster label of each point as a list of index: label pairs."
+
+
+def check_answer_format(answer_format: str) -> str:
+    """``answer_format`` if it is one of :data:`ANSWER_FORMATS`, else ``ValueError`` naming the choices."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format={answer_format!r} is not allowed; choose from {list(ANSWER_FORMATS)}")
+    return answer_format
+
 
 def format_number(x: float) -> str:
     """A number with exactly two decimals (``-0.00`` is written ``0.00``)."""
@@ -17,34 +31,49 @@ def format_number(x: float) -> str:
     return "0.00" if s == "-0.00" else s
 
 
-def format_points(points: Sequence[Sequence[float]]) -> str:
-    """Points as a list of lists, two decimals each: ``[[-0.93, 9.78], [4.85, 0.01]]``."""
-    return "[" + ", ".join("[" + ", ".join(format_number(x) for x in p) + "]" for p in points) + "]"
+def _numbered(items: Sequence[str], answer_format: str) -> str:
+    """``[a, b]``, or ``[1: a, 2: b]`` in the indexed format."""
+    if check_answer_format(answer_format) == "indexed":
+        items = [f"{i + 1}: {item}" for i, item in enumerate(items)]
+    return "[" + ", ".join(items) + "]"
 
 
-def answer_text(labels: Sequence[int]) -> str:
-    """The answer (fine-tuning target) for a list of labels: ``[0, 0, 1, 0, 2]``."""
-    return "[" + ", ".join(str(int(l)) for l in labels) + "]"
+def format_points(points: Sequence[Sequence[float]], answer_format: str = "paper") -> str:
+    """Points as a list of lists, two decimals each: ``[[-0.93, 9.78], [4.85, 0.01]]``
+    (``indexed``: ``[1: [-0.93, 9.78], 2: [4.85, 0.01]]``)."""
+    return _numbered(["[" + ", ".join(format_number(x) for x in p) + "]" for p in points], answer_format)
 
 
-def user_prompt(points: Sequence[Sequence[float]], n_clusters: int | None) -> str:
-    """The user turn; ``n_clusters=None`` gives the unknown-k variant."""
-    data = format_points(points)
+def answer_text(labels: Sequence[int], answer_format: str = "paper") -> str:
+    """The answer (fine-tuning target) for a list of labels: ``[0, 0, 1, 0, 2]``
+    (``indexed``: ``[1: 0, 2: 0, 3: 1, 4: 0, 5: 2]``)."""
+    return _numbered([str(int(l)) for l in labels], answer_format)
+
+
+def user_prompt(points: Sequence[Sequence[float]], n_clusters: int | None, answer_format: str = "paper") -> str:
+    """The user turn; ``n_clusters=None`` gives the unknown-k variant. The ``indexed`` ablation numbers
+    the points and asks for index: label pairs (:data:`INDEXED_INSTRUCTION`); nothing else changes."""
+    data = format_points(points, answer_format)
     if n_clusters is None:
-        return USER_TEMPLATE_UNKNOWN_K.format(data=data)
-    return USER_TEMPLATE.format(n_clusters=int(n_clusters), data=data)
+        text = USER_TEMPLATE_UNKNOWN_K.format(data=data)
+    else:
+        text = USER_TEMPLATE.format(n_clusters=int(n_clusters), data=data)
+    if answer_format == "indexed":
+        text = text.replace("Only output the cluster labels for each point as a list of integers.",
+                            INDEXED_INSTRUCTION)
+    return text
 
 
 def build_messages(points: Sequence[Sequence[float]], n_clusters: int | None,
-                   system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+                   system_prompt: str = SYSTEM_PROMPT, answer_format: str = "paper") -> list[dict]:
     """Chat messages (system + user) for one episode."""
     return [{"role": "system", "content": system_prompt},
-            {"role": "user", "content": user_prompt(points, n_clusters)}]
+            {"role": "user", "content": user_prompt(points, n_clusters, answer_format)}]
 
 
-def episode_messages(episode, known_k: bool = True) -> list[dict]:
+def episode_messages(episode, known_k: bool = True, answer_format: str = "paper") -> list[dict]:
     """Chat messages for an :class:`~icc_utils.data.Episode` (``known_k=False``: unknown-k prompt)."""
-    return build_messages(episode.points, episode.n_clusters if known_k else None)
+    return build_messages(episode.points, episode.n_clusters if known_k else None, answer_format=answer_format)
 
 
 def render_chat(tokenizer, messages: list[dict], answer: str | None = None) -> str:

@@ -61,16 +61,19 @@ def test_only_answer_tokens_carry_labels(which, request):
     tok = load_tokenizer(path)
     eot = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "embedded": "<|im_end|>"}[which]
     for ep in episodes(4, seed=1):
-        ex = encode_training_example(tok, ep)
-        ids, labels = ex["input_ids"], ex["labels"]
-        assert len(ids) == len(labels)
-        prompt_ids = tok(render_chat(tok, episode_messages(ep)), add_special_tokens=False).input_ids
-        n_prompt = len(prompt_ids)
-        assert ids[:n_prompt] == prompt_ids
-        assert all(l == IGNORE_INDEX for l in labels[:n_prompt])           # no prompt token is labelled
-        assert labels[n_prompt:] == ids[n_prompt:]                          # every answer token is
-        assert tok.decode(labels[n_prompt:]) == answer_text(ep.labels) + eot
-        assert labels[-1] == tok.convert_tokens_to_ids(eot)
+        for fmt in ("paper", "indexed"):   # indexed: the labelled answer-format ablation
+            ex = encode_training_example(tok, ep, answer_format=fmt)
+            ids, labels = ex["input_ids"], ex["labels"]
+            assert len(ids) == len(labels)
+            prompt = render_chat(tok, episode_messages(ep, answer_format=fmt))
+            prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+            n_prompt = len(prompt_ids)
+            assert ids[:n_prompt] == prompt_ids
+            assert all(l == IGNORE_INDEX for l in labels[:n_prompt])           # no prompt token is labelled
+            assert labels[n_prompt:] == ids[n_prompt:]                          # every answer token is
+            assert tok.decode(labels[n_prompt:]) == answer_text(ep.labels, fmt) + eot
+            assert labels[-1] == tok.convert_tokens_to_ids(eot)
+        assert ex["input_ids"] != encode_training_example(tok, ep)["input_ids"]
 
 
 def test_non_prefix_template_is_an_error(tiny_qwen2_dir):
@@ -354,13 +357,22 @@ def test_curve_evaluator_scores_accuracy_ari_and_format(monkeypatch):
     replies = {"v0": list(eps[0].labels), "v1": [0] * eps[1].n_points, "v2": [0] * eps[2].n_points}
 
     def predict(self, episodes, desc=None):
-        return [Prediction(ep.id, replies[ep.id], answer_text(replies[ep.id])) for ep in episodes]
+        return [Prediction(ep.id, replies[ep.id], answer_text(replies[ep.id], self.answer_format)) for ep in episodes]
 
     monkeypatch.setattr(models.LocalChatModel, "_attach", lambda self, model, tok: None)
     monkeypatch.setattr(models.LocalChatModel, "predict", predict)
-    row = curve_evaluator(eps)(None, None, 3, 12)
     acc = [1.0] + [clustering_accuracy(ep.labels, [0] * ep.n_points) for ep in eps[1:]]
-    assert row["accuracy"] == pytest.approx(np.mean(acc))
-    assert row["ari"] == pytest.approx(1 / 3)            # perfect (1), one label (0), one label (0)
-    assert row["well_formed"] == 1.0 and row["length_ratio"] == 1.0
-    assert row["accuracy_df1"] == pytest.approx(np.mean(acc[:2])) and row["accuracy_df100"] == pytest.approx(acc[2])
+    for fmt in ("paper", "indexed"):   # indexed: the labelled ablation, scored in its own format
+        row = curve_evaluator(eps, answer_format=fmt)(None, None, 3, 12)
+        assert row["accuracy"] == pytest.approx(np.mean(acc))
+        assert row["ari"] == pytest.approx(1 / 3)            # perfect (1), one label (0), one label (0)
+        assert row["well_formed"] == 1.0 and row["length_ratio"] == 1.0
+        assert row["accuracy_df1"] == pytest.approx(np.mean(acc[:2]))
+        assert row["accuracy_df100"] == pytest.approx(acc[2])
+    # a reply in the other format is read as no labels at all
+    monkeypatch.setattr(models.LocalChatModel, "predict", lambda self, episodes, desc=None: [
+        Prediction(ep.id, replies[ep.id], answer_text(replies[ep.id])) for ep in episodes])
+    row = curve_evaluator(eps, answer_format="indexed")(None, None, 3, 12)
+    assert row["well_formed"] == 0.0 and row["length_ratio"] == 0.0
+    with pytest.raises(ValueError, match="answer_format"):
+        curve_evaluator(eps, answer_format="pairs")

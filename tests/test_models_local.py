@@ -210,6 +210,36 @@ def test_predictions_are_deterministic(tiny_llama_dir):
     assert all(not p.cached for p in a)
 
 
+def test_indexed_answer_format(tiny_llama_dir, monkeypatch):
+    """The labelled ablation: numbered prompt, a budget for the indexed answer, indexed parsing, its own cache keys."""
+    from icc_utils.prompts import answer_text, format_points
+
+    paper = LocalChatModel(str(tiny_llama_dir), dtype="float32")
+    indexed = LocalChatModel(str(tiny_llama_dir), dtype="float32", answer_format="indexed")
+    ep = episodes(1, seed=6)[0]
+    assert format_points(ep.points, "indexed") in indexed.render(ep)
+    assert format_points(ep.points) in paper.render(ep) and "1: [" not in paper.render(ep)
+    assert indexed.answer_budget(30, 3) > paper.answer_budget(30, 3)
+    assert indexed.decoding_settings()["answer_format"] == "indexed" and "answer_format" not in paper.decoding_settings()
+
+    def reply_the_truth(self, prompts, n_points=None, n_clusters=None, constrained=False, extra_inputs=None):
+        truth = {self.render(e): e.labels for e in eps}
+        return [{"reply": answer_text(truth[p], self.answer_format), "usage": {}} for p in prompts]
+
+    eps = episodes(3, seed=7)
+    monkeypatch.setattr(LocalChatModel, "generate_batch", reply_the_truth)
+    cache = ReplyCache(None)
+    for model in (indexed, paper):
+        preds = model.predict(eps, cache=cache)
+        assert [p.labels for p in preds] == [e.labels for e in eps] and all(p.well_formed for p in preds)
+        assert not any(p.cached for p in preds)            # the two formats never share cached replies
+    with pytest.raises(ValueError, match="answer_format"):
+        LocalChatModel("embedded", answer_format="pairs")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="constrained decoding writes the paper's answer format"):
+        indexed.predict(eps[:1], constrained=True)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="dtype"):
         LocalChatModel("embedded", dtype="int8")

@@ -106,3 +106,47 @@ def test_parsing_is_fast_on_long_garbage():
     assert parse_labels(text + " [0]", 1) == [0]
     assert parse_labels("[" * 20000, 3) == [-1, -1, -1]
     assert time.perf_counter() - t0 < 2.0
+
+
+# ---------------------------------------------------------------- the indexed ablation (issue 4)
+
+def test_indexed_replies():
+    reply = "[1: 0, 2: 1, 3: 0]"
+    assert parse_labels(reply, 3, "indexed") == [0, 1, 0]
+    assert is_well_formed(reply, 3, 2, "indexed") and n_labels_written(reply, "indexed") == 3
+    # the index, not the position, says which point a label belongs to; the first pair for an index wins
+    assert parse_labels("[2: 1, 1: 0, 2: 0]", 3, "indexed") == [0, 1, INVALID]
+    assert not is_well_formed("[2: 1, 1: 0, 3: 0]", 3, 2, "indexed")
+    # cut off by the budget: read what is there, malformed; too many pairs: malformed, extra ignored
+    assert parse_labels("[1: 0, 2: 1, 3:", 4, "indexed") == [0, 1, INVALID, INVALID]
+    assert not is_well_formed("[1: 0, 2: 1, 3: 0", 3, 2, "indexed")
+    assert n_labels_written("[1: 0, 2: 0, 3: 0, 4: 0, 5: 0", "indexed") == 5
+    assert parse_labels("[1: 0, 2: 0, 3: 0, 4: 1]", 3, "indexed") == [0, 0, 0]
+    assert not is_well_formed("[1: 0, 2: 0, 3: 0, 4: 1]", 3, 2, "indexed")
+    # labels out of range, negative labels, and decimals (an echoed coordinate) are not labels
+    assert not is_well_formed("[1: 0, 2: 5]", 2, 3, "indexed")
+    assert parse_labels("[1: -1, 2: 0.93]", 2, "indexed") == [INVALID, INVALID]
+    # a paper-format reply holds no pairs; an indexed reply is no paper list
+    assert parse_labels("[0, 1, 0]", 3, "indexed") == [INVALID] * 3 and n_labels_written("[0, 1]", "indexed") == 0
+    assert not is_well_formed(reply, 3, 2)
+    with pytest.raises(ValueError, match="answer_format='idx'"):
+        parse_labels(reply, 3, "idx")
+
+
+@settings(max_examples=300, deadline=None)
+@given(reply=ANY_REPLY, n=st.integers(0, 60))
+def test_indexed_parse_never_raises(reply, n):
+    labels = parse_labels(reply, n, "indexed")
+    assert len(labels) == n and all(type(l) is int and l >= INVALID for l in labels)
+    is_well_formed(reply, n, 3, "indexed")
+    assert n_labels_written(reply, "indexed") >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.lists(st.integers(0, 9), min_size=1, max_size=60))
+def test_indexed_answer_round_trips(labels):
+    from icc_utils.prompts import answer_text
+
+    reply = answer_text(labels, "indexed")
+    assert parse_labels(reply, len(labels), "indexed") == labels
+    assert is_well_formed(reply, len(labels), 10, "indexed") and n_labels_written(reply, "indexed") == len(labels)

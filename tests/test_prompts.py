@@ -76,3 +76,27 @@ def test_render_chat():
     tok.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         render_chat(tok, msgs)
+
+
+# ---------------------------------------------------------------- the indexed ablation (issue 4)
+
+def test_indexed_format_numbers_points_and_labels():
+    from icc_utils.prompts import INDEXED_INSTRUCTION
+
+    pts = [[-0.93, 9.78], [4.85, 0.01]]
+    assert format_points(pts, "indexed") == "[1: [-0.93, 9.78], 2: [4.85, 0.01]]"
+    assert answer_text([0, 0, 1], "indexed") == "[1: 0, 2: 0, 3: 1]"
+    text = user_prompt(pts, 3, "indexed")
+    assert text == ("Cluster the following data into 3 clusters. " + INDEXED_INSTRUCTION
+                    + " Data: [1: [-0.93, 9.78], 2: [4.85, 0.01]] Labels:")
+    assert "into" not in user_prompt(pts, None, "indexed") and INDEXED_INSTRUCTION in user_prompt(pts, None, "indexed")
+    # the paper's format is untouched by the option
+    assert user_prompt(pts, 3, "paper") == PAPER_USER and answer_text([0, 1], "paper") == "[0, 1]"
+
+
+@pytest.mark.parametrize("call", [lambda: format_points([[1.0]], "numbered"), lambda: answer_text([0], "Indexed"),
+                                  lambda: user_prompt([[1.0]], 2, ""), lambda: episode_messages(
+                                      generate_episode(1, "t", 2, 1, 2.0), answer_format="json")])
+def test_unknown_answer_format_is_named(call):
+    with pytest.raises(ValueError, match=r"answer_format=.*choose from \['paper', 'indexed'\]"):
+        call()
