@@ -80,14 +80,14 @@ class OrderedEpisodes:
     """Training examples in the order given (the curriculum); :class:`icc_utils.finetune.EpisodeDataset`
     shuffles instead."""
 
-    def __init__(self, episodes, tokenizer):
-        self.episodes, self.tokenizer = list(episodes), tokenizer
+    def __init__(self, episodes, tokenizer, answer_format: str = "paper"):
+        self.episodes, self.tokenizer, self.answer_format = list(episodes), tokenizer, answer_format
 
     def __len__(self) -> int:
         return len(self.episodes)
 
     def __getitem__(self, i: int) -> dict:
-        return F.encode_training_example(self.tokenizer, self.episodes[i])
+        return F.encode_training_example(self.tokenizer, self.episodes[i], answer_format=self.answer_format)
 
 
 def arm_episodes(arm: str, n: int) -> list:
@@ -114,7 +114,7 @@ def dataset_maker(spec: Arm, config) -> Callable | None:
     """``make_dataset`` for :func:`icc_utils.finetune.train`: the curriculum's fixed order, the ablation's answer
     format, or None (the default shuffled dataset)."""
     if spec.ordered:
-        return lambda eps, tok, n_epochs: OrderedEpisodes(eps, tok)
+        return lambda eps, tok, n_epochs: OrderedEpisodes(eps, tok, spec.answer_format)
     if spec.answer_format != "paper":
         return lambda eps, tok, n_epochs: F.EpisodeDataset(eps, tok, config.n_permutations, config.seed, n_epochs,
                                                            answer_format=spec.answer_format)
