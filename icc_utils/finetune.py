@@ -376,6 +376,12 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(cands, key=lambda p: int(p.name.split("-")[-1])) if cands else None
 
 
+def _checkpoint_step(ckpt_dir: Path) -> int | None:
+    """The global step of the last checkpoint in ``ckpt_dir`` (None when there is none)."""
+    last = _last_checkpoint(ckpt_dir)
+    return json.loads((last / "trainer_state.json").read_text())["global_step"] if last else None
+
+
 def plot_loss_curve(df, path: str | Path) -> Path:
     """Training loss against episodes seen, saved as a PNG."""
     from .plots import plt, save_figure
@@ -492,7 +498,10 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
           collate_fn: Callable | None = None, lora_overrides: dict | None = None) -> TrainResult:
     """Fine-tune ``config.model`` with LoRA on ``train_episodes``; the adapter goes to ``output_dir``.
 
-    * A finished run with the same config (bookkeeping fields aside) and data is reused as is.
+    * A finished run with the same config (bookkeeping fields aside) and data is reused as is, when it
+      was trained here: its last checkpoint is in ``output_dir/checkpoints``. A finished adapter
+      without its checkpoints (a published one, in a fresh clone) is trained again from step 0, so
+      ``make reproduce`` re-derives the adapter instead of reading back the published one.
     * ``resume=True`` continues from the last checkpoint in ``output_dir/checkpoints``; the result
       is the same adapter as an uninterrupted run. ``resume=False`` discards earlier outputs.
     * ``on_eval(model, tokenizer, step, episodes_seen)`` is called at step 0 and every
@@ -535,7 +544,8 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
         and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides")
-    if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists():
+    if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists() \
+            and _checkpoint_step(ckpt_dir) == old["global_step"]:
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
                            old["train_seconds"], old.get("final_loss"))
     if resume and old is not None and not same:
@@ -585,7 +595,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
     # ---- resume bookkeeping: curves up to the checkpoint's step
     last = _last_checkpoint(ckpt_dir) if resume else None
-    resumed_step = json.loads((last / "trainer_state.json").read_text())["global_step"] if last else 0
+    resumed_step = _checkpoint_step(ckpt_dir) if last else 0
     rows, eval_rows, offset = [], [], 0.0
     for name, store in (("loss_curve.csv", rows), ("eval_curve.csv", eval_rows)):
         if last and (output_dir / name).exists():

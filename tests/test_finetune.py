@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pandas as pd
@@ -234,6 +235,14 @@ def test_training_reduces_loss_and_adapter_round_trips(tiny_llama_dir, tmp_path)
     again = train(tiny_config(tiny_llama_dir, max_steps=8, lora_dropout=0.0, learning_rate=1e-2, logging_steps=3),
                   eps, out)
     assert again.reused and again.global_step == 8
+    # a published copy (the adapter and its curves, no checkpoints: a fresh clone) is trained again, to the same adapter
+    published = tmp_path / "published"
+    shutil.copytree(out, published, ignore=shutil.ignore_patterns("checkpoints"))
+    retrained = train(cfg, eps, published)
+    assert retrained.finished and not retrained.reused and retrained.global_step == 8
+    assert (published / "checkpoints").is_dir() and train(cfg, eps, published).reused   # now trained here
+    a, b = adapter_tensors(out), adapter_tensors(published)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a)
     with pytest.raises(ValueError, match="different config or training data"):
         train(cfg, episodes(4, seed=6), out)
 
