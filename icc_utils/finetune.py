@@ -597,6 +597,9 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     last = _last_checkpoint(ckpt_dir) if resume else None
     resumed_step = _checkpoint_step(ckpt_dir) if last else 0
     rows, eval_rows, offset = [], [], 0.0
+    if last is None:   # from step 0: curves left by an earlier (e.g. published) run are not this run's
+        for name in ("loss_curve.csv", "loss_curve.png", "eval_curve.csv"):
+            (output_dir / name).unlink(missing_ok=True)
     for name, store in (("loss_curve.csv", rows), ("eval_curve.csv", eval_rows)):
         if last and (output_dir / name).exists():
             df = pd.read_csv(output_dir / name)

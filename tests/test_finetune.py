@@ -240,6 +240,8 @@ def test_training_reduces_loss_and_adapter_round_trips(tiny_llama_dir, tmp_path)
     shutil.copytree(out, published, ignore=shutil.ignore_patterns("checkpoints"))
     retrained = train(cfg, eps, published)
     assert retrained.finished and not retrained.reused and retrained.global_step == 8
+    assert not (published / "eval_curve.csv").exists()   # the copied curve was not this run's (no on_eval here)
+    assert pd.read_csv(published / "loss_curve.csv")["step"].tolist() == list(range(1, 9))
     assert (published / "checkpoints").is_dir() and train(cfg, eps, published).reused   # now trained here
     a, b = adapter_tensors(out), adapter_tensors(published)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a)
