@@ -376,10 +376,9 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(cands, key=lambda p: int(p.name.split("-")[-1])) if cands else None
 
 
-def _checkpoint_step(ckpt_dir: Path) -> int | None:
-    """The global step of the last checkpoint in ``ckpt_dir`` (None when there is none)."""
-    last = _last_checkpoint(ckpt_dir)
-    return json.loads((last / "trainer_state.json").read_text())["global_step"] if last else None
+def _checkpoint_step(checkpoint: Path | None) -> int | None:
+    """The global step of ``checkpoint`` (a ``checkpoint-*`` directory; None for None)."""
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else None
 
 
 def plot_loss_curve(df, path: str | Path) -> Path:
@@ -545,7 +544,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
         and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides")
     if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists() \
-            and _checkpoint_step(ckpt_dir) == old["global_step"]:
+            and _checkpoint_step(_last_checkpoint(ckpt_dir)) == old["global_step"]:
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
                            old["train_seconds"], old.get("final_loss"))
     if resume and old is not None and not same:
@@ -553,8 +552,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
                          "use another output_dir, or resume=False to discard it")
     if not resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        for name in ("loss_curve.csv", "loss_curve.png", "eval_curve.csv", "train_config.json",
-                     "adapter_model.safetensors", "adapter_config.json"):
+        for name in ("train_config.json", "adapter_model.safetensors", "adapter_config.json"):  # curves: below
             (output_dir / name).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -595,7 +593,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
     # ---- resume bookkeeping: curves up to the checkpoint's step
     last = _last_checkpoint(ckpt_dir) if resume else None
-    resumed_step = _checkpoint_step(ckpt_dir) if last else 0
+    resumed_step = _checkpoint_step(last) or 0
     rows, eval_rows, offset = [], [], 0.0
     if last is None:   # from step 0: curves left by an earlier (e.g. published) run are not this run's
         for name in ("loss_curve.csv", "loss_curve.png", "eval_curve.csv"):
