@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PROFILE ?= default
 STAMP  := $(VENV)/.installed
 
-.PHONY: env reproduce test smoke clean-results benchmark publish
+.PHONY: env reproduce resume test smoke clean-results benchmark publish
 
 env: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 
 reproduce: $(STAMP)
 	$(PY) -m icc_utils.run --profile $(PROFILE)
+
+# After a kill or a failure: keep the notebooks the run already finished on this commit, run the rest
+resume: $(STAMP)
+	$(PY) -m icc_utils.run --profile $(PROFILE) --resume
 
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=15

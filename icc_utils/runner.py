@@ -152,7 +152,8 @@ def environment_info() -> dict:
     from .models import cpu_native_bf16   # what ``dtype: auto`` keys on (no torch import)
 
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # dirty = code, notebooks or profiles differ from the commit; results/ and data/ are what the run writes
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!data")
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -180,6 +181,32 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _finished_prefix(plan, info: dict, env: dict, out_dir: Path) -> list[str]:
+    """Names of the leading notebooks of ``plan`` that an earlier run finished exactly as they would run now.
+
+    A notebook counts as finished when RUNINFO records it ``ok`` on this commit with a clean tree, the
+    same parameters and the same notebook source, and its executed copy exists. The first notebook
+    that is not finished ends the prefix: it and every later one run again (they may read its outputs).
+    """
+    if not env.get("commit") or env.get("dirty") is not False:
+        return []
+    done = []
+    for nb, params in plan:
+        entry = info.get("notebooks", {}).get(nb.name, {})
+        if not (entry.get("status") == "ok" and entry.get("commit") == env["commit"] and entry.get("dirty") is False
+                and entry.get("parameters") == params and entry.get("source_sha256") == _sha256(nb)
+                and (out_dir / nb.name).is_file()):
+            break
+        done.append(nb.name)
+    return done
+
+
 def read_runinfo(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -195,12 +222,18 @@ def read_runinfo(path: str | Path) -> dict:
 def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
                   notebooks_dir: str | Path | None = None, results_root: str | Path | None = None,
                   profiles_dir: str | Path | None = None, kernel_name: str = "python3",
-                  progress_bar: bool = True, log: Callable[[str], None] = print) -> dict:
+                  progress_bar: bool = True, log: Callable[[str], None] = print, resume: bool = False) -> dict:
     """Run the (selected) numbered notebooks in order; returns the RUNINFO dict.
 
     Everything is checked before the first notebook starts (profile, selection, override keys).
     On the first failure the run stops and :class:`NotebookFailed` is raised (RUNINFO.json
     already records the failure; later notebooks are not run).
+
+    ``resume=True`` continues a run that was killed or failed: the leading notebooks that RUNINFO
+    records as finished on this commit (clean tree, same parameters and notebook source) are kept,
+    not rerun, and the run goes on from the first one that is not. RUNINFO then lists every
+    invocation, and ``total_seconds`` is the time of the notebooks kept plus this invocation's
+    (a notebook killed part-way and run again counts once, with its second run's time).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -223,18 +256,36 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / RUNINFO_NAME
     info = read_runinfo(info_path)
-    info.update(environment_info())
-    info.update({"profile": profile, "started": _now(), "finished": None, "status": "running",
-                 "selected": [nb.name for nb in selected], "overrides": overrides})
+    env = environment_info()
+    kept = _finished_prefix(plan, info, env, out_dir) if resume else []
+    kept_seconds = sum(info["notebooks"][name]["seconds"] for name in kept)
+    invocations = info.get("invocations", []) if kept else []
+    invocation = {"started": _now(), "finished": None, "seconds": None, "kept": kept}
+    info.update(env)
+    info.update({"profile": profile, "started": info.get("started") if kept else invocation["started"],
+                 "finished": None, "status": "running", "selected": [nb.name for nb in selected],
+                 "overrides": overrides, "invocations": invocations + [invocation]})
     info.setdefault("notebooks", {})
     write_json(info_path, info)
+    if resume:
+        log(f"resuming: keeping {len(kept)} finished notebook(s) {kept}" if kept else
+            "resuming: no finished notebook on this commit (clean tree, same parameters) to keep; running all")
 
     total_start = time.perf_counter()
+
+    def _close(status: str) -> None:
+        invocation.update({"status": status, "finished": _now(), "seconds": round(time.perf_counter() - total_start, 2)})
+        info.update({"status": status, "finished": _now(), "total_seconds": round(kept_seconds + invocation["seconds"], 2)})
+        write_json(info_path, info)
+
     for i, (nb, params) in enumerate(plan, 1):
+        if nb.name in kept:
+            continue
         out_path = out_dir / nb.name
         log(f"[{i}/{len(plan)}] {nb.name} (profile={profile}) ...")
         entry = {"status": "running", "started": _now(), "seconds": None, "output": _display_path(out_path),
-                 "parameters": params, "commit": info.get("commit")}
+                 "parameters": params, "commit": env.get("commit"), "dirty": env.get("dirty"),
+                 "source_sha256": _sha256(nb)}
         info["notebooks"][nb.name] = entry
         write_json(info_path, info)
         t0 = time.perf_counter()
@@ -247,8 +298,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
                                      exc.source, _source_cell_index(nb, exc.cell_index, bool(params)))
         except KeyboardInterrupt:
             entry.update({"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2), "finished": _now()})
-            info.update({"status": "interrupted", "finished": _now()})
-            write_json(info_path, info)
+            _close("interrupted")
             log(f"[{i}/{len(plan)}] {nb.name} interrupted; the partly executed notebook is at {out_path}")
             raise
         except Exception as exc:  # kernel died, bad notebook file, ...
@@ -261,18 +311,16 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
                                                         "source_cell_index": failure.source_index,
                                                         "exec_count": failure.exec_count,
                                                         "ename": failure.ename, "evalue": failure.evalue}})
-            info.update({"status": "failed", "finished": _now(),
-                         "total_seconds": round(time.perf_counter() - total_start, 2)})
-            write_json(info_path, info)
+            _close("failed")
             log(f"[{i}/{len(plan)}] {nb.name} FAILED after {seconds:.1f} s")
             raise failure
         entry["status"] = "ok"
         entry.pop("error", None)
         write_json(info_path, info)
         log(f"[{i}/{len(plan)}] {nb.name} done in {seconds:.1f} s -> {out_path}")
-    info.update({"status": "ok", "finished": _now(), "total_seconds": round(time.perf_counter() - total_start, 2)})
-    write_json(info_path, info)
-    log(f"all {len(plan)} notebook(s) ran in {info['total_seconds']:.1f} s; run information: {info_path}")
+    _close("ok")
+    log(f"all {len(plan)} notebook(s) ran in {info['total_seconds']:.1f} s"
+        + (f" ({len(kept)} kept from an earlier invocation)" if kept else "") + f"; run information: {info_path}")
     return info
 
 
@@ -304,6 +352,9 @@ def build_parser():
                    help="override one parameter (VALUE is read as YAML: 3, 0.5, [1, 2], true, text)")
     p.add_argument("--list", action="store_true", help="list the profiles and notebooks (with their parameters) and exit")
     p.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed or failed run: keep the leading notebooks it finished on this commit "
+                        "(clean tree, same parameters) and run the rest")
     return p
 
 
@@ -326,7 +377,7 @@ def main(argv: Sequence[str] | None = None, notebooks_dir: str | Path | None = N
                 print(f"{mark} {nb.name}  {params}")
             return 0
         run_notebooks(args.profile, args.only, overrides, notebooks_dir=notebooks_dir, results_root=results_root,
-                      profiles_dir=profiles_dir, progress_bar=not args.no_progress)
+                      profiles_dir=profiles_dir, progress_bar=not args.no_progress, resume=args.resume)
     except NotebookFailed as exc:
         print("\n" + exc.message(), file=sys.stderr, flush=True)
         return 1

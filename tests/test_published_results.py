@@ -85,6 +85,6 @@ def test_runinfo_records_one_clean_finished_run():
     commits = {entry["commit"] for entry in info["notebooks"].values()}
     assert commits == {info["commit"]}, f"the notebooks ran on different commits: {commits}"
     for name, entry in info["notebooks"].items():
-        assert entry["status"] == "ok" and entry["seconds"] > 0, name
+        assert entry["status"] == "ok" and entry["seconds"] > 0 and entry.get("dirty", False) is False, name
         assert (PUBLISHED / name).is_file(), f"executed notebook {name} is not published"
     assert info["total_seconds"] == pytest.approx(sum(e["seconds"] for e in info["notebooks"].values()), rel=0.05)

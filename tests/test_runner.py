@@ -103,6 +103,47 @@ def test_failure_stops_and_names_notebook_and_cell(project, capsys):
     assert e.value.notebook == "01_broken.ipynb" and e.value.cell_index == 3
 
 
+def test_resume_keeps_the_finished_prefix_and_sums_the_invocations(project, monkeypatch, capsys):
+    import icc_utils.runner as runner
+
+    env = {**runner.environment_info(), "commit": "c" * 40, "dirty": False}
+    monkeypatch.setattr(runner, "environment_info", lambda: dict(env))
+    nbs, out = project["notebooks_dir"], project["results_root"] / "tiny"
+    second = nbs / "01_second.ipynb"
+    good = second.read_bytes()
+    _write_notebook(second, 'profile = "smoke"\nn = 1', 'raise RuntimeError("killed")')  # the first invocation dies in 01
+    assert main(["--profile", "tiny", "--no-progress"], **project) == 1
+    second.write_bytes(good)
+    (nbs / "first.txt").unlink()
+    assert main(["--profile", "tiny", "--no-progress", "--resume"], **project) == 0
+    assert "keeping 1 finished notebook(s) ['00_first.ipynb']" in capsys.readouterr().out
+    assert not (nbs / "first.txt").exists() and (nbs / "second.txt").read_text() == "tiny 5 from-profile"
+    info = json.loads((out / "RUNINFO.json").read_text())
+    assert info["status"] == "ok" and [e["status"] for e in info["notebooks"].values()] == ["ok", "ok"]
+    first, again = info["invocations"]
+    assert first["status"] == "failed" and again["kept"] == ["00_first.ipynb"] and info["started"] == first["started"]
+    assert info["total_seconds"] == pytest.approx(info["notebooks"]["00_first.ipynb"]["seconds"] + again["seconds"],
+                                                  abs=0.02)
+
+    def kept_by_resume(**kwargs):
+        info = run_notebooks("tiny", progress_bar=False, log=lambda s: None, resume=True, **kwargs, **project)
+        return info["invocations"][-1]["kept"], len(info["invocations"])
+
+    assert kept_by_resume() == (["00_first.ipynb", "01_second.ipynb"], 3)  # everything finished: nothing reruns
+    assert kept_by_resume(overrides={"n": 6}) == ([], 1)                    # other parameters: a new run
+    assert kept_by_resume() == ([], 1)                                      # ... and back again
+    assert kept_by_resume() == (["00_first.ipynb", "01_second.ipynb"], 2)
+    env["dirty"] = True                                                      # edited code: nothing is kept
+    assert kept_by_resume() == ([], 1)
+    env["dirty"] = False
+    assert kept_by_resume() == ([], 1)                                      # ... nor what a dirty tree ran
+    assert kept_by_resume()[0] == ["00_first.ipynb", "01_second.ipynb"]
+    _write_notebook(second, 'profile = "smoke"\nn = 1\nout_name = "x.txt"\ntag = ""', WRITE_FILE)  # edited notebook
+    assert kept_by_resume() == (["00_first.ipynb"], 3)
+    env["commit"] = "d" * 40                                                 # another commit: nothing is kept
+    assert kept_by_resume() == ([], 1)
+
+
 def test_bad_arguments_fail_before_running_anything(project, capsys):
     assert main(["--profile", "nope"], **project) == 2
     assert "profile='nope' is not a known profile; available: ['tiny']" in capsys.readouterr().err
