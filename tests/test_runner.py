@@ -104,7 +104,7 @@ def test_failure_stops_and_names_notebook_and_cell(project, capsys):
 
 
 def test_resume_keeps_the_finished_prefix_and_sums_the_invocations(project, monkeypatch, capsys):
-    import icc_utils.runner as runner
+    from icc_utils import runner
 
     env = {**runner.environment_info(), "commit": "c" * 40, "dirty": False}
     monkeypatch.setattr(runner, "environment_info", lambda: dict(env))
