@@ -274,8 +274,9 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     total_start = time.perf_counter()
 
     def _close(status: str) -> None:
-        invocation.update({"status": status, "finished": _now(), "seconds": round(time.perf_counter() - total_start, 2)})
-        info.update({"status": status, "finished": _now(), "total_seconds": round(kept_seconds + invocation["seconds"], 2)})
+        finished = _now()
+        invocation.update({"status": status, "finished": finished, "seconds": round(time.perf_counter() - total_start, 2)})
+        info.update({"status": status, "finished": finished, "total_seconds": round(kept_seconds + invocation["seconds"], 2)})
         write_json(info_path, info)
 
     for i, (nb, params) in enumerate(plan, 1):
