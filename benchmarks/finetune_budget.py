@@ -8,12 +8,21 @@ episodes beside it (from step ``--eval-every-steps`` on: step 0 is the zero-shot
 by notebooks 01 and 04). The cosine schedule spans the whole run, so an intermediate point has seen a
 higher learning rate than a run that stops there would; read it as the curve of this run.
 
+``--clusters C --dims D`` instead trains on a fresh training set of that one setting (``train`` seed
+split, t noise with the training dfs, 10-50 points as in the test sets) and draws the validation
+episodes from the same setting at ``--eval-dfs``: a diagnostic on an easier task than Table 1's,
+e.g. ``--clusters 2 --dims 1`` (two clusters on a line) asks whether the model starts to cluster at
+all within a CPU budget.
+
 Writes ``budget_curve.csv`` and ``budget_curve.png`` under ``--out`` as the run goes (the run resumes
-from its last checkpoint if killed). Prints the curve, then last: the first episode count at which
-the fine-tuned model's validation accuracy reached k-means', or that it did not within the run.
+from its last checkpoint if killed), with k-means and answering one label for every point on the same
+episodes as reference columns. Prints the curve, then last: the first episode count at which the
+fine-tuned model's validation accuracy reached k-means', or that it did not within the run.
 
     python -m icc_utils.run --profile default --only 00     # the training split, once
     python benchmarks/finetune_budget.py [--episodes 720] [--eval-every-steps 18] [--eval-n 20] [--minutes 95]
+    python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 3200 \
+        --eval-every-steps 40 --minutes 100 --out results/budget-c2d1
 """
 from __future__ import annotations
 
@@ -24,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icc_utils import RESULTS_DIR, data as D, finetune as F, plots  # noqa: E402
+from icc_utils import evaluate as E  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
+from icc_utils.models import get_backend  # noqa: E402
 from icc_utils.profiles import load_profile  # noqa: E402
 
 
@@ -35,19 +46,32 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-n", type=int, default=20, help="validation episodes at df=1")
     ap.add_argument("--minutes", type=float, default=95.0, help="training time budget (rerun to continue)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "budget"))
+    ap.add_argument("--clusters", type=int, help="train and validate on this c only (with --dims; default: "
+                    "notebook 00's training split, validation at Table 1's c=3, d=3)")
+    ap.add_argument("--dims", type=int, help="train and validate on this d only (with --clusters)")
+    ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0], help="validation dfs (--eval-n each)")
     args = ap.parse_args(argv)
     for name in ("episodes", "eval_every_steps", "eval_n"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed; it must be >= 1")
+    if (args.clusters is None) != (args.dims is None):
+        raise SystemExit("--clusters and --dims go together: give both (one setting) or neither (notebook 00's split)")
+    if args.clusters is not None and not (2 <= args.clusters <= 10 and 1 <= args.dims <= 16):
+        raise SystemExit(f"--clusters={args.clusters} --dims={args.dims} is not allowed; c must be in 2..10, d in 1..16")
 
     params = load_profile("default")
     config = F.config_from_params({**params, "ft_max_train_minutes": args.minutes}, params["model"], params["seed"])
-    train_episodes = F.training_episodes("default", args.episodes)
-    val = D.validation_episodes(params["seed"], params["t1_n_clusters"], params["t1_dim"], [1], args.eval_n)
+    if args.clusters is None:
+        c, d = params["t1_n_clusters"], params["t1_dim"]
+        train_episodes = F.training_episodes("default", args.episodes)
+    else:
+        c, d = args.clusters, args.dims
+        train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d])
+    val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
     print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes; curve on {len(val)} validation episodes "
-          f"(c={params['t1_n_clusters']}, d={params['t1_dim']}, df=1) every {args.eval_every_steps} steps", flush=True)
+          f"(c={c}, d={d}, df={args.eval_dfs}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"])
 
@@ -56,10 +80,21 @@ def main(argv=None) -> None:
 
     run = F.train(config, train_episodes, out / "adapter", on_eval=on_eval, eval_every_steps=args.eval_every_steps)
     curve = F.learning_curve_table(out / "adapter", val)
+    if args.clusters is not None:  # reference columns of the diagnostic runs (the published c=3, d=3 run predates them)
+        km = E.evaluate(get_backend("kmeans"), val, "default")
+        one = E.one_label_rows(val)
+        curve = curve.assign(kmeans_ari=float(km["ari"].mean()), one_label_accuracy=float(one["accuracy"].mean()),
+                             **{f"kmeans_accuracy_df{df:g}": float(km.loc[km["df"] == df, "accuracy"].mean())
+                                for df in args.eval_dfs},
+                             **{f"one_label_accuracy_df{df:g}": float(one.loc[one["df"] == df, "accuracy"].mean())
+                                for df in args.eval_dfs})
     write_csv(out / "budget_curve.csv", curve)
-    fig = plots.plot_learning_curve(curve, title="SmolLM2-135M-Instruct, default recipe: c=3, d=3, df=1 (validation)")
+    dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
+    fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, default recipe: c={c}, d={d}, "
+                                                 f"df={dfs} (validation)")
     plots.save_figure(fig, out / "budget_curve.png")
-    print(curve[["step", "episodes_seen", "accuracy", "well_formed", "kmeans_accuracy"]].to_string(index=False))
+    shown = ["step", "episodes_seen"] + [k for k in curve if k.startswith(("accuracy", "ari", "kmeans", "one_label"))]
+    print(curve[shown + ["well_formed"]].round(3).to_string(index=False))
     print(f"{run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}")
     beat = curve[curve["accuracy"] >= curve["kmeans_accuracy"]]
     if len(beat):

@@ -243,7 +243,8 @@ def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, 
 
 def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
     """Accuracy on held-out episodes against training episodes seen (one line per ``accuracy*`` column),
-    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``)."""
+    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``) and, where
+    given (column ``one_label_accuracy``), what answering one label for every point scores as a dotted line."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
     else:
@@ -254,6 +255,9 @@ def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
         ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
     if "kmeans_accuracy" in curve and len(curve):
         ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
+    if "one_label_accuracy" in curve and len(curve):
+        ax.axhline(float(curve["one_label_accuracy"].iloc[0]), color="gray", ls=":", lw=1.5,
+                   label="one label for every point")
     _finish_accuracy_axes(ax, "training episodes seen", "accuracy (greedy, free decoding)", title)
     return fig
 
