@@ -681,6 +681,55 @@ def learning_curve_table(adapter_dir: str | Path, episodes: Sequence[Episode]) -
     return curve.assign(kmeans_accuracy=float(np.mean(km)) if km else float("nan"))
 
 
+def answer_nll(model, tokenizer, episode: Episode, answer_format: str = "paper") -> float:
+    """Summed next-token NLL (nats) of ``episode``'s answer (its end-of-turn token included) under
+    teacher forcing: the training loss of :func:`encode_training_example`, not averaged."""
+    import torch
+
+    ex = encode_training_example(tokenizer, episode, answer_format=answer_format)
+    device = next(model.parameters()).device
+    ids = torch.tensor([ex["input_ids"]], device=device)
+    labels = torch.tensor([ex["labels"]], device=device)
+    with torch.no_grad():
+        mean = answer_only_loss(model, ids, torch.ones_like(ids), labels)
+    return float(mean) * int((labels[0, 1:] != IGNORE_INDEX).sum())
+
+
+def shuffled_pairing(episode: Episode, seed: int) -> Episode:
+    """``episode`` with its points in a seeded random order and its answer unchanged: the same points
+    and the same label sequence, but label i no longer belongs to point i."""
+    order = np.random.default_rng(seed).permutation(episode.n_points)
+    return Episode(id=f"{episode.id}-unpaired{seed}", seed=episode.seed,
+                   params={**episode.params, "pairing_shuffle_seed": int(seed)},
+                   points=[episode.points[i] for i in order], labels=list(episode.labels))
+
+
+def pairing_gain(model, tokenizer, episodes: Sequence[Episode], n_shuffles: int = 4, seed: int = 0,
+                 answer_format: str = "paper") -> "pd.DataFrame":
+    """Does the model use which point carries which label? One row per episode: the answer's NLL per
+    point (nats) with the true prompt, the mean over ``n_shuffles`` prompts whose points were shuffled
+    (:func:`shuffled_pairing`, seeds from ``[seed, episode.seed]``), and ``gain`` = shuffled - true.
+
+    A model that answers from the label sequence alone (e.g. one label for every point) has a gain of
+    about 0 whatever its accuracy; a gain clearly above 0 means the points inform their labels, a
+    sign of clustering that greedy accuracy misses while the model still answers one label.
+    """
+    import pandas as pd
+
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles={n_shuffles} is not allowed; it must be >= 1")
+    model.eval()
+    rows = []
+    for ep in episodes:
+        seeds = np.random.SeedSequence([int(seed), int(ep.seed) % 2**63]).generate_state(n_shuffles)
+        true = answer_nll(model, tokenizer, ep, answer_format) / ep.n_points
+        shuffled = float(np.mean([answer_nll(model, tokenizer, shuffled_pairing(ep, int(s)), answer_format)
+                                  for s in seeds])) / ep.n_points
+        rows.append({"episode_id": ep.id, "df": ep.params["df"], "n_points": ep.n_points,
+                     "nll_per_point": true, "nll_per_point_shuffled": shuffled, "gain": shuffled - true})
+    return pd.DataFrame(rows)
+
+
 def evaluate_before_after(backends: dict, episodes: Sequence[Episode], profile: str,
                           constrained_modes: Sequence[bool] = (False,)) -> "pd.DataFrame":
     """Per-episode rows for each backend (``{"pretrained": ..., "finetuned": ..., "kmeans": ...}``):

@@ -113,6 +113,38 @@ def test_answer_only_loss_equals_full_masked_loss(which, request):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_ours))
 
 
+def test_pairing_gain_measures_point_label_pairing(tiny_llama_dir):
+    """The pairing probe: the true answer's NLL is the training loss summed over the answer; shuffling the
+    points keeps them and the label sequence; with every point equal the shuffled prompt is the true one,
+    so the gain is exactly 0, while with distinct points the prompt (and so the NLL) changes."""
+    from icc_utils.data import Episode
+    from icc_utils.finetune import answer_nll, pairing_gain, shuffled_pairing
+
+    tok = load_tokenizer(tiny_llama_dir)
+    model = lora_model(tiny_llama_dir)
+    ep = episodes(1, seed=4)[0]
+    batch = collate([encode_training_example(tok, ep)], pad_token_id=0)
+    n_answer = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    with torch.no_grad():
+        full = float(model(**batch).loss) * n_answer
+    assert answer_nll(model, tok, ep) == pytest.approx(full, rel=1e-5)
+
+    shuffled = shuffled_pairing(ep, seed=1)
+    assert shuffled.labels == ep.labels and sorted(shuffled.points) == sorted(ep.points)
+    assert shuffled.points != ep.points
+
+    table = pairing_gain(model, tok, [ep], n_shuffles=3, seed=0)
+    assert table.loc[0, "nll_per_point"] == pytest.approx(full / ep.n_points, rel=1e-5)
+    assert table.loc[0, "gain"] != 0.0
+    assert pairing_gain(model, tok, [ep], n_shuffles=3, seed=0).equals(table)     # seeded
+
+    same = Episode(id="same", seed=7, params={**ep.params, "n_clusters": 2, "dim": 2, "n_points": 8},
+                   points=[[1.5, -2.0]] * 8, labels=[0, 0, 1, 0, 1, 1, 0, 1])
+    assert pairing_gain(model, tok, [same], n_shuffles=2).loc[0, "gain"] == 0.0
+    with pytest.raises(ValueError, match="n_shuffles"):
+        pairing_gain(model, tok, [ep], n_shuffles=0)
+
+
 # ---------------------------------------------------------------- data
 
 def test_permutation_augmentation():
