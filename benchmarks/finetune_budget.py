@@ -21,8 +21,8 @@ fine-tuned model's validation accuracy reached k-means', or that it did not with
 
     python -m icc_utils.run --profile default --only 00     # the training split, once
     python benchmarks/finetune_budget.py [--episodes 720] [--eval-every-steps 18] [--eval-n 20] [--minutes 95]
-    python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 3200 \
-        --eval-every-steps 40 --minutes 100 --out results/budget-c2d1
+    python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 4800 \
+        --eval-every-steps 60 --minutes 100 --out results/budget-c2d1     # the published diagnostic
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=720, help="training episodes (the first N of the split)")
     ap.add_argument("--eval-every-steps", type=int, default=18)
-    ap.add_argument("--eval-n", type=int, default=20, help="validation episodes at df=1")
+    ap.add_argument("--eval-n", type=int, default=20, help="validation episodes per df (--eval-dfs)")
     ap.add_argument("--minutes", type=float, default=95.0, help="training time budget (rerun to continue)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "budget"))
     ap.add_argument("--clusters", type=int, help="train and validate on this c only (with --dims; default: "
