@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -691,17 +691,13 @@ def answer_nll(model, tokenizer, episode: Episode, answer_format: str = "paper")
     ids = torch.tensor([ex["input_ids"]], device=device)
     labels = torch.tensor([ex["labels"]], device=device)
     with torch.no_grad():
-        mean = answer_only_loss(model, ids, torch.ones_like(ids), labels)
-    return float(mean) * int((labels[0, 1:] != IGNORE_INDEX).sum())
+        return float(answer_only_loss(model, ids, torch.ones_like(ids), labels, num_items=1))
 
 
 def shuffled_pairing(episode: Episode, seed: int) -> Episode:
     """``episode`` with its points in a seeded random order and its answer unchanged: the same points
     and the same label sequence, but label i no longer belongs to point i."""
-    order = np.random.default_rng(seed).permutation(episode.n_points)
-    return Episode(id=f"{episode.id}-unpaired{seed}", seed=episode.seed,
-                   params={**episode.params, "pairing_shuffle_seed": int(seed)},
-                   points=[episode.points[i] for i in order], labels=list(episode.labels))
+    return replace(permute_episode(episode, seed, suffix=f"unpaired{seed}"), labels=list(episode.labels))
 
 
 def pairing_gain(model, tokenizer, episodes: Sequence[Episode], n_shuffles: int = 4, seed: int = 0,
