@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from icc_utils import RESULTS_DIR, data as D, finetune as F, plots  # noqa: E402
 from icc_utils import evaluate as E  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
-from icc_utils.models import get_backend  # noqa: E402
 from icc_utils.profiles import load_profile  # noqa: E402
 
 
@@ -81,13 +80,7 @@ def main(argv=None) -> None:
     run = F.train(config, train_episodes, out / "adapter", on_eval=on_eval, eval_every_steps=args.eval_every_steps)
     curve = F.learning_curve_table(out / "adapter", val)
     if args.clusters is not None:  # reference columns of the diagnostic runs (the published c=3, d=3 run predates them)
-        km = E.evaluate(get_backend("kmeans"), val, "default")
-        one = E.one_label_rows(val)
-        curve = curve.assign(kmeans_ari=float(km["ari"].mean()), one_label_accuracy=float(one["accuracy"].mean()),
-                             **{f"kmeans_accuracy_df{df:g}": float(km.loc[km["df"] == df, "accuracy"].mean())
-                                for df in args.eval_dfs},
-                             **{f"one_label_accuracy_df{df:g}": float(one.loc[one["df"] == df, "accuracy"].mean())
-                                for df in args.eval_dfs})
+        curve = curve.assign(**E.reference_scores(val, per_df=True))
     write_csv(out / "budget_curve.csv", curve)
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, default recipe: c={c}, d={d}, "

@@ -103,13 +103,6 @@ def arm_episodes(arm: str, n: int) -> list:
     return chosen
 
 
-def references(val) -> dict:
-    """k-means and one-label accuracy / ARI on the validation episodes."""
-    km = E.evaluate(get_backend("kmeans"), val, "default")
-    return {"kmeans_accuracy": float(km["accuracy"].mean()), "kmeans_ari": float(km["ari"].mean()),
-            "one_label_accuracy": float(E.one_label_rows(val)["accuracy"].mean())}
-
-
 def dataset_maker(spec: Arm, config) -> Callable | None:
     """``make_dataset`` for :func:`icc_utils.finetune.train`: the curriculum's fixed order, the ablation's answer
     format, or None (the default shuffled dataset)."""
@@ -240,7 +233,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     for arm in args.arms:
         train_arm(arm, args.episodes, args.minutes, val, params, out)
-    refs = references(val)
+    refs = E.reference_scores(val)
     table = lever_table(out, refs)
     write_csv(out / "levers.csv", table)
     plots.save_figure(plot_levers(table, refs), out / "levers.png")

@@ -133,6 +133,20 @@ def one_label_rows(episodes: Sequence) -> pd.DataFrame:
     return _reference_rows(episodes, *ONE_LABEL, scores)
 
 
+def reference_scores(episodes: Sequence, profile: str = "default", per_df: bool = False) -> dict:
+    """Means over ``episodes`` of k-means accuracy and ARI and of the one-label accuracy
+    (:func:`one_label_rows`): the reference lines of a learning curve. With ``per_df``, also
+    ``kmeans_accuracy_df<df>`` and ``one_label_accuracy_df<df>`` for each df of the episodes."""
+    km = evaluate(get_backend("kmeans"), episodes, profile)
+    one = one_label_rows(episodes)
+    refs = {"kmeans_accuracy": float(km["accuracy"].mean()), "kmeans_ari": float(km["ari"].mean()),
+            "one_label_accuracy": float(one["accuracy"].mean())}
+    if per_df:
+        for name, rows in (("kmeans", km), ("one_label", one)):
+            refs.update({f"{name}_accuracy_df{df:g}": float(g["accuracy"].mean()) for df, g in rows.groupby("df")})
+    return refs
+
+
 def comparison_table(summary: pd.DataFrame, columns: str, paper: pd.DataFrame | None = None,
                      index: Sequence[str] = ("model", "method"), metric: str = "accuracy") -> pd.DataFrame:
     """Wide table "mean ± se" with one row per (model, method) and one column per value of ``columns``.

@@ -385,6 +385,25 @@ def test_one_label_reference_and_target_check():
                             "m+adapter", "m")) == 2
 
 
+def test_reference_scores_are_the_means_of_the_reference_rows():
+    """The learning curves' reference columns: k-means and one-label means overall and, with per_df, per df."""
+    import numpy as np
+
+    from icc_utils.baselines import cluster_points
+    from icc_utils.evaluate import reference_scores
+    from icc_utils.metrics import clustering_accuracy
+
+    eps = [generate_episode(70 + i, "t", 3, 2, df, episode_id=f"r{i}") for i, df in enumerate([1.0, 1.0, 100.0])]
+    share = [np.bincount(ep.labels).max() / ep.n_points for ep in eps]
+    km = [clustering_accuracy(ep.labels, cluster_points("kmeans", ep.points, ep.n_clusters)) for ep in eps]
+    assert set(reference_scores(eps)) == {"kmeans_accuracy", "kmeans_ari", "one_label_accuracy"}
+    refs = reference_scores(eps, per_df=True)
+    assert refs["one_label_accuracy"] == pytest.approx(np.mean(share))
+    assert refs["kmeans_accuracy"] == pytest.approx(np.mean(km))
+    assert refs["one_label_accuracy_df1"] == pytest.approx(np.mean(share[:2]))
+    assert refs["kmeans_accuracy_df100"] == pytest.approx(km[2])
+
+
 def test_curve_evaluator_scores_accuracy_ari_and_format(monkeypatch):
     """The learning-curve row: accuracy, well-formed share, mean ARI, and accuracy per df. A model that
     answers one label for every point gets the largest cluster's share as accuracy and an ARI of 0."""
