@@ -14,6 +14,13 @@ episodes from the same setting at ``--eval-dfs``: a diagnostic on an easier task
 e.g. ``--clusters 2 --dims 1`` (two clusters on a line) asks whether the model starts to cluster at
 all within a CPU budget.
 
+``--labels sign`` / ``sign-canonical`` (with ``--clusters``) is a control: the same episodes, prompt and
+recipe, but every label (training and validation) follows a fixed rule, 1 where the point is >= 0
+(``sign``), or that split relabelled by first appearance as cluster labels are (``sign-canonical``);
+see :func:`icc_utils.data.rule_labelled`. If the model learns these and not the clusters, the recipe and
+the pipeline can tie a label to its point, and what is missing is the clustering. The k-means column
+then scores k-means against the rule's labels.
+
 Writes ``budget_curve.csv`` and ``budget_curve.png`` under ``--out`` as the run goes (the run resumes
 from its last checkpoint if killed), with k-means and answering one label for every point on the same
 episodes as reference columns. Prints the curve, then last: the first episode count at which the
@@ -23,6 +30,8 @@ fine-tuned model's validation accuracy reached k-means', or that it did not with
     python benchmarks/finetune_budget.py [--episodes 720] [--eval-every-steps 18] [--eval-n 20] [--minutes 95]
     python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 4800 \
         --eval-every-steps 60 --minutes 100 --out results/budget-c2d1     # the published diagnostic
+    python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 1200 \
+        --eval-every-steps 30 --minutes 40 --labels sign --out results/control-sign   # a control
 """
 from __future__ import annotations
 
@@ -49,6 +58,8 @@ def main(argv=None) -> None:
                     "notebook 00's training split, validation at Table 1's c=3, d=3)")
     ap.add_argument("--dims", type=int, help="train and validate on this d only (with --clusters)")
     ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0], help="validation dfs (--eval-n each)")
+    ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES,
+                    help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     args = ap.parse_args(argv)
     for name in ("episodes", "eval_every_steps", "eval_n"):
         if getattr(args, name) < 1:
@@ -57,6 +68,8 @@ def main(argv=None) -> None:
         raise SystemExit("--clusters and --dims go together: give both (one setting) or neither (notebook 00's split)")
     if args.clusters is not None and not (2 <= args.clusters <= 10 and 1 <= args.dims <= 16):
         raise SystemExit(f"--clusters={args.clusters} --dims={args.dims} is not allowed; c must be in 2..10, d in 1..16")
+    if args.labels != "clusters" and args.clusters is None:
+        raise SystemExit(f"--labels={args.labels} needs --clusters and --dims (a control on one setting)")
 
     params = load_profile("default")
     config = F.config_from_params({**params, "ft_max_train_minutes": args.minutes}, params["model"], params["seed"])
@@ -67,10 +80,12 @@ def main(argv=None) -> None:
         c, d = args.clusters, args.dims
         train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d])
     val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
+    train_episodes = [D.rule_labelled(ep, args.labels) for ep in train_episodes]
+    val = [D.rule_labelled(ep, args.labels) for ep in val]
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
     print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes; curve on {len(val)} validation episodes "
-          f"(c={c}, d={d}, df={args.eval_dfs}) every {args.eval_every_steps} steps", flush=True)
+          f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"])
 
@@ -83,8 +98,9 @@ def main(argv=None) -> None:
         curve = curve.assign(**E.reference_scores(val, per_df=True))
     write_csv(out / "budget_curve.csv", curve)
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
+    rule = "" if args.labels == "clusters" else f", labels: {args.labels} (control)"
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, default recipe: c={c}, d={d}, "
-                                                 f"df={dfs} (validation)")
+                                                 f"df={dfs}{rule} (validation)")
     plots.save_figure(fig, out / "budget_curve.png")
     shown = ["step", "episodes_seen"] + [k for k in curve if k.startswith(("accuracy", "ari", "kmeans", "one_label"))]
     print(curve[shown + ["well_formed"]].round(3).to_string(index=False))

@@ -14,6 +14,9 @@ then last: the largest gain in standard errors.
 
     python benchmarks/pairing_probe.py --adapter 480=results/budget-c2d1/adapter ... \\
         --clusters 2 --dims 1 --eval-dfs 1 100 --out results/budget-c2d1/pairing.csv
+
+``--labels sign`` / ``sign-canonical`` scores the answers of a label-rule control instead
+(:func:`icc_utils.data.rule_labelled`; see ``benchmarks/finetune_budget.py``).
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0])
     ap.add_argument("--eval-n", type=int, default=20, help="validation episodes per df")
     ap.add_argument("--shuffles", type=int, default=4, help="shuffled prompts per episode")
+    ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES, help="label rule of the episodes")
     ap.add_argument("--out", required=True, help="CSV path")
     args = ap.parse_args(argv)
     models = [("pretrained", None)]
@@ -62,7 +66,8 @@ def main(argv=None) -> None:
         models.append((name, path))
 
     params = load_profile("default")
-    val = D.validation_episodes(params["seed"], args.clusters, args.dims, args.eval_dfs, args.eval_n)
+    val = [D.rule_labelled(ep, args.labels) for ep in
+           D.validation_episodes(params["seed"], args.clusters, args.dims, args.eval_dfs, args.eval_n)]
     out = Path(args.out)
     rows = pd.read_csv(out).to_dict("records") if out.exists() else []
     done = {str(r["model"]) for r in rows}
@@ -79,7 +84,7 @@ def main(argv=None) -> None:
     z = table["gain"] / table["gain_se"]
     best = int(z.idxmax())
     print(f"largest pairing gain: {table.loc[best, 'model']} {table.loc[best, 'gain']:+.4f} nats/point "
-          f"({z[best]:.1f} standard errors; c={args.clusters}, d={args.dims}, df={args.eval_dfs})")
+          f"({z[best]:.1f} standard errors; c={args.clusters}, d={args.dims}, df={args.eval_dfs}, labels: {args.labels})")
 
 
 if __name__ == "__main__":

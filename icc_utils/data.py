@@ -171,6 +171,27 @@ def permute_episode(episode: Episode, seed: int, suffix: str | None = None) -> E
                    labels=canonical_labels(episode.labels[i] for i in order))
 
 
+LABEL_RULES = ("clusters", "sign", "sign-canonical")
+
+
+def rule_labelled(episode: Episode, rule: str) -> Episode:
+    """``episode`` with labels from a fixed ``rule`` instead of its clusters (a control for issue 4).
+
+    ``clusters``: unchanged. ``sign``: 1 where the point's first coordinate is >= 0, else 0 (each
+    label read from its own point, no context needed). ``sign-canonical``: the same split relabelled
+    by first appearance, as cluster labels are (each label needs the first point's side too). The
+    points and ``n_clusters`` stay; ``params["labels"]`` records the rule.
+    """
+    _check_choice("rule", rule, LABEL_RULES)
+    if rule == "clusters":
+        return episode
+    labels = [int(p[0] >= 0) for p in episode.points]
+    if rule == "sign-canonical":
+        labels = canonical_labels(labels)
+    return Episode(id=f"{episode.id}-{rule}", seed=episode.seed, params={**episode.params, "labels": rule},
+                   points=episode.points, labels=labels)
+
+
 def make_grid(distribution: str, n_clusters: Sequence[int], dims: Sequence[int], dfs: Sequence[float | None],
               n_episodes: int, root_seed: int, split: str = "test",
               length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE) -> list[Episode]:

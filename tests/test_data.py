@@ -12,7 +12,7 @@ from scipy.stats import skew
 
 from icc_utils.data import (PAPER_DFS, Episode, canonical_labels, cell_counts, episode_seed, generate_episode,
                             load_episodes, make_grid, make_training_set, normalise_distribution, permute_episode,
-                            save_episodes, select, verify_manifest, write_manifest)
+                            rule_labelled, save_episodes, select, verify_manifest, write_manifest)
 
 
 def _same(a: Episode, b: Episode) -> bool:
@@ -117,6 +117,19 @@ def test_permute_episode_keeps_points_and_recanonicalises():
     for p, l in pairs.items():
         assert mapping.setdefault(l, pairs_perm[p]) == pairs_perm[p]
     assert perm.id != ep.id and perm.params["permutation_seed"] == 1
+
+
+def test_rule_labelled_reads_each_label_from_its_point():
+    ep = Episode(id="e", seed=3, params={"distribution": "t", "df": 1.0, "n_clusters": 2, "dim": 2, "n_points": 4},
+                 points=[[1.5, -9.0], [-0.01, 4.0], [0.0, 0.0], [-7.25, 1.0]], labels=[0, 0, 1, 1])
+    sign = rule_labelled(ep, "sign")
+    assert sign.labels == [1, 0, 1, 0]  # first coordinate >= 0
+    assert rule_labelled(ep, "sign-canonical").labels == [0, 1, 0, 1]
+    assert sign.points == ep.points and sign.n_clusters == 2 and sign.seed == ep.seed
+    assert sign.params["labels"] == "sign" and sign.id == "e-sign"
+    assert rule_labelled(ep, "clusters") is ep
+    with pytest.raises(ValueError, match=r"rule='kmeans' is not allowed; choose one of \['clusters', 'sign'"):
+        rule_labelled(ep, "kmeans")
 
 
 # ---------------------------------------------------------------- distributions
