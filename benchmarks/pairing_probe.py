@@ -16,7 +16,8 @@ then last: the largest gain in standard errors.
         --clusters 2 --dims 1 --eval-dfs 1 100 --out results/budget-c2d1/pairing.csv
 
 ``--labels sign`` / ``sign-canonical`` scores the answers of a label-rule control instead
-(:func:`icc_utils.data.rule_labelled`; see ``benchmarks/finetune_budget.py``).
+(:func:`icc_utils.data.rule_labelled`; see ``benchmarks/finetune_budget.py``); ``--answer-format indexed``
+scores every model in that ablation's format (for adapters trained with ``--recipe indexed``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from icc_utils import data as D, finetune as F  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
 from icc_utils.models import get_backend  # noqa: E402
 from icc_utils.profiles import load_profile  # noqa: E402
+from icc_utils.prompts import ANSWER_FORMATS  # noqa: E402
 
 
 def summary_row(name: str, table: pd.DataFrame) -> dict:
@@ -55,6 +57,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-n", type=int, default=20, help="validation episodes per df")
     ap.add_argument("--shuffles", type=int, default=4, help="shuffled prompts per episode")
     ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES, help="label rule of the episodes")
+    ap.add_argument("--answer-format", default="paper", choices=ANSWER_FORMATS,
+                    help="prompt and answer format of every model scored (indexed: the labelled ablation)")
     ap.add_argument("--out", required=True, help="CSV path")
     args = ap.parse_args(argv)
     models = [("pretrained", None)]
@@ -75,7 +79,8 @@ def main(argv=None) -> None:
         if name in done:
             continue
         backend = get_backend(params["model"], adapter=adapter, dtype="float32")
-        table = F.pairing_gain(backend.model, backend.tokenizer, val, n_shuffles=args.shuffles, seed=params["seed"])
+        table = F.pairing_gain(backend.model, backend.tokenizer, val, n_shuffles=args.shuffles, seed=params["seed"],
+                               answer_format=args.answer_format)
         rows.append(summary_row(name, table))
         write_csv(out, pd.DataFrame(rows))
         print(f"{name}: gain {rows[-1]['gain']:+.4f} ± {rows[-1]['gain_se']:.4f} nats/point", flush=True)
