@@ -26,7 +26,7 @@ score instead. ``--recipe updates`` / ``indexed`` changes the recipe as the arm 
 
 Writes ``budget_curve.csv`` and ``budget_curve.png`` under ``--out`` as the run goes (the run resumes
 from its last checkpoint if killed), with k-means and answering one label for every point on the same
-episodes as reference columns. Prints the curve, then last: the first episode count at which the
+episodes as reference columns; ``--curve-only`` rebuilds them from a stopped run's evaluations. Prints the curve, then last: the first episode count at which the
 fine-tuned model's validation accuracy reached k-means', or that it did not within the run.
 
     python -m icc_utils.run --profile default --only 00     # the training split, once
@@ -42,6 +42,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,6 +71,8 @@ def main(argv=None) -> None:
                     help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     ap.add_argument("--recipe", default="default", choices=RECIPES,
                     help="the default profile's recipe, or it with one lever of finetune_levers.py changed")
+    ap.add_argument("--curve-only", action="store_true",
+                    help="do not train: rebuild budget_curve.csv/png from the run's evaluations so far (a run stopped early)")
     args = ap.parse_args(argv)
     for name in ("episodes", "eval_every_steps", "eval_n"):
         if getattr(args, name) < 1:
@@ -104,8 +108,10 @@ def main(argv=None) -> None:
         return evaluate(model, tokenizer, step, episodes_seen) if step else None
 
     record = {"_answer_format": spec.answer_format} if spec.answer_format != "paper" else None
-    run = F.train(config, train_episodes, out / "adapter", on_eval=on_eval, eval_every_steps=args.eval_every_steps,
-                  make_dataset=dataset_maker(spec, config), lora_overrides=record)
+    run = None if args.curve_only else F.train(config, train_episodes, out / "adapter", on_eval=on_eval,
+                                               eval_every_steps=args.eval_every_steps,
+                                               make_dataset=dataset_maker(spec, config), lora_overrides=record)
+    seen = run.episodes_seen if run else int(pd.read_csv(out / "adapter" / "eval_curve.csv")["episodes_seen"].max())
     curve = F.learning_curve_table(out / "adapter", val)
     if args.clusters is not None:  # reference columns of the diagnostic runs (the published c=3, d=3 run predates them)
         curve = curve.assign(**E.reference_scores(val, per_df=True))
@@ -117,7 +123,10 @@ def main(argv=None) -> None:
     plots.save_figure(fig, out / "budget_curve.png")
     shown = ["step", "episodes_seen"] + [k for k in curve if k.startswith(("accuracy", "ari", "kmeans", "one_label"))]
     print(curve[shown + ["well_formed"]].round(3).to_string(index=False))
-    print(f"{run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}")
+    if run:
+        print(f"{run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}")
+    else:
+        print(f"--curve-only: the curve of the run so far ({seen} episodes at its last evaluation), not trained further")
     # the target is k-means; for a label-rule control, leaving the one-label score (k-means does not know the rule)
     ref, what = (("kmeans_accuracy", "k-means") if args.labels == "clusters"
                  else ("one_label_accuracy", "the one-label score"))
@@ -127,7 +136,8 @@ def main(argv=None) -> None:
               f"{int(beat['episodes_seen'].iloc[0])} training episodes (ARI {beat['ari'].iloc[0]:.2f})")
     else:
         print(f"validation accuracy did not pass {what} ({curve[ref].iloc[0]:.2f}) within "
-              f"{run.episodes_seen} training episodes (best {curve['accuracy'].max():.2f})")
+              f"{seen} training episodes (best {curve['accuracy'].max():.2f})")
+
 
 if __name__ == "__main__":
     main()
