@@ -118,6 +118,7 @@ def main(argv=None) -> None:
     write_csv(out / "budget_curve.csv", curve)
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
     rule = "" if args.labels == "clusters" else f", labels: {args.labels} (control)"
+    rule += "\nablation: not the paper's answer format" if spec.answer_format != "paper" else ""
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, {args.recipe} recipe: c={c}, d={d}, "
                                                  f"df={dfs}{rule} (validation)")
     plots.save_figure(fig, out / "budget_curve.png")
