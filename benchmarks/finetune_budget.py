@@ -44,8 +44,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icc_utils import RESULTS_DIR, data as D, finetune as F, plots  # noqa: E402
@@ -113,8 +111,8 @@ def main(argv=None) -> None:
     run = None if args.curve_only else F.train(config, train_episodes, out / "adapter", on_eval=on_eval,
                                                eval_every_steps=args.eval_every_steps,
                                                make_dataset=dataset_maker(spec, config), lora_overrides=record)
-    seen = run.episodes_seen if run else int(pd.read_csv(out / "adapter" / "eval_curve.csv")["episodes_seen"].max())
     curve = F.learning_curve_table(out / "adapter", val)
+    seen = run.episodes_seen if run else int(curve["episodes_seen"].max())
     if args.clusters is not None:  # reference columns of the diagnostic runs (the published c=3, d=3 run predates them)
         curve = curve.assign(**E.reference_scores(val, per_df=True))
     write_csv(out / "budget_curve.csv", curve)
