@@ -14,6 +14,10 @@ episodes from the same setting at ``--eval-dfs``: a diagnostic on an easier task
 e.g. ``--clusters 2 --dims 1`` (two clusters on a line) asks whether the model starts to cluster at
 all within a CPU budget.
 
+``--train-points LO HI`` (with ``--clusters``) draws the training episodes' lengths from LO..HI points
+instead of 10-50 (the shorter-episodes lever, e.g. ``4 12``: fewer labels to keep in step); the
+validation episodes keep 10-50, as the test sets do.
+
 ``--labels sign`` / ``sign-canonical`` (with ``--clusters``) is a control: the same episodes, prompt and
 recipe, but every label (training and validation) follows a fixed rule, 1 where the point is >= 0
 (``sign``), or that split relabelled by first appearance as cluster labels are (``sign-canonical``);
@@ -67,6 +71,9 @@ def main(argv=None) -> None:
                     "notebook 00's training split, validation at Table 1's c=3, d=3)")
     ap.add_argument("--dims", type=int, help="train and validate on this d only (with --clusters)")
     ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0], help="validation dfs (--eval-n each)")
+    ap.add_argument("--train-points", type=int, nargs=2, metavar=("LO", "HI"),
+                    help=f"training episode lengths (needs --clusters; default {D.DEFAULT_LENGTH_RANGE[0]}-"
+                         f"{D.DEFAULT_LENGTH_RANGE[1]}); validation keeps the default")
     ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES,
                     help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     ap.add_argument("--recipe", default="default", choices=RECIPES,
@@ -81,6 +88,11 @@ def main(argv=None) -> None:
         raise SystemExit("--clusters and --dims go together: give both (one setting) or neither (notebook 00's split)")
     if args.clusters is not None and not (2 <= args.clusters <= 10 and 1 <= args.dims <= 16):
         raise SystemExit(f"--clusters={args.clusters} --dims={args.dims} is not allowed; c must be in 2..10, d in 1..16")
+    if args.train_points is not None:
+        lo, hi = args.train_points
+        if args.clusters is None or not args.clusters <= lo <= hi:
+            raise SystemExit(f"--train-points={lo} {hi} is not allowed; it needs --clusters and "
+                             f"--clusters <= LO <= HI (no empty cluster)")
     if args.labels != "clusters" and args.clusters is None:
         raise SystemExit(f"--labels={args.labels} needs --clusters and --dims (a control on one setting)")
 
@@ -93,13 +105,16 @@ def main(argv=None) -> None:
         train_episodes = F.training_episodes("default", args.episodes)
     else:
         c, d = args.clusters, args.dims
-        train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d])
+        lengths = tuple(args.train_points or D.DEFAULT_LENGTH_RANGE)
+        train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d],
+                                             length_range=lengths)
     val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
     train_episodes = [D.rule_labelled(ep, args.labels) for ep in train_episodes]
     val = [D.rule_labelled(ep, args.labels) for ep in val]
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
-    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes; curve on {len(val)} validation episodes "
+    lengths = f" of {args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
+    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{lengths}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"], answer_format=spec.answer_format)
@@ -118,6 +133,7 @@ def main(argv=None) -> None:
     write_csv(out / "budget_curve.csv", curve)
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
     rule = "" if args.labels == "clusters" else f", labels: {args.labels} (control)"
+    rule += f", trained on {args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
     rule += "\nablation: not the paper's answer format" if spec.answer_format != "paper" else ""
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, {args.recipe} recipe: c={c}, d={d}, "
                                                  f"df={dfs}{rule} (validation)")
