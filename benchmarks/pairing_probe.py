@@ -47,6 +47,18 @@ def summary_row(name: str, table: pd.DataFrame) -> dict:
     return row
 
 
+def parse_adapters(specs: list[str]) -> list[tuple[str, str | None]]:
+    """``("pretrained", None)`` then one ``(name, dir)`` per ``--adapter NAME=DIR``; a clear error for a bad one."""
+    models = [("pretrained", None)]
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not (Path(path) / "adapter_config.json").exists():
+            raise SystemExit(f"--adapter={spec!r} is not allowed; it must be NAME=DIR with DIR holding a PEFT "
+                             "adapter (adapter_config.json)")
+        models.append((name, path))
+    return models
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
@@ -61,13 +73,7 @@ def main(argv=None) -> None:
                     help="prompt and answer format of every model scored (indexed: the labelled ablation)")
     ap.add_argument("--out", required=True, help="CSV path")
     args = ap.parse_args(argv)
-    models = [("pretrained", None)]
-    for spec in args.adapter:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not (Path(path) / "adapter_config.json").exists():
-            raise SystemExit(f"--adapter={spec!r} is not allowed; it must be NAME=DIR with DIR holding a PEFT "
-                             "adapter (adapter_config.json)")
-        models.append((name, path))
+    models = parse_adapters(args.adapter)
 
     params = load_profile("default")
     val = [D.rule_labelled(ep, args.labels) for ep in

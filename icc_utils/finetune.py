@@ -726,6 +726,54 @@ def pairing_gain(model, tokenizer, episodes: Sequence[Episode], n_shuffles: int 
     return pd.DataFrame(rows)
 
 
+def teacher_forced_labels(model, tokenizer, episode: Episode) -> tuple[list[int], list[int]]:
+    """The true labels of ``episode`` and, under teacher forcing (the true answer so far in context),
+    the model's most likely token at each label's place, read as a label (-1 where it is not a number).
+
+    Paper format only: the answer's number tokens are its labels, in order (``ValueError`` otherwise).
+    Label ``k`` right means the model found point ``k``'s label with every earlier label given; a model
+    that answers from the label sequence alone scores about the rate at which a label repeats its predecessor.
+    """
+    import torch
+
+    ex = encode_training_example(tokenizer, episode)
+    ids, labels = ex["input_ids"], ex["labels"]
+    places = [j for j, lab in enumerate(labels) if lab != IGNORE_INDEX and tokenizer.decode([ids[j]]).strip().isdigit()]
+    true = [int(tokenizer.decode([ids[j]]).strip()) for j in places]
+    if true != [int(x) for x in episode.labels]:
+        raise ValueError(f"episode {episode.id}: the answer's number tokens are not its labels one by one "
+                         "(a label split into several tokens?); teacher_forced_labels needs one token per label")
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True, logits_to_keep=1,
+                    use_cache=False)
+        hidden = out.hidden_states[-1][0, [j - 1 for j in places]]   # position j-1 predicts token j
+        lm_head = _base_model(model).get_output_embeddings()
+        guesses = lm_head(hidden.to(lm_head.weight.dtype)).argmax(-1).tolist()
+    words = [tokenizer.decode([t]).strip() for t in guesses]
+    return true, [int(w) if w.isdigit() else -1 for w in words]
+
+
+def label_position_table(model, tokenizer, episodes: Sequence[Episode], seed: int = 0) -> "pd.DataFrame":
+    """One row per label of every episode (:func:`teacher_forced_labels`): its position (1-based), whether the
+    model's teacher-forced guess is right, whether it is right with the points shuffled and the answer kept
+    (:func:`shuffled_pairing`, seed from ``[seed, episode.seed]``: what the label sequence alone gives this
+    model), and whether repeating the previous true label would be."""
+    import pandas as pd
+
+    rows = []
+    for ep in episodes:
+        true, guess = teacher_forced_labels(model, tokenizer, ep)
+        shuffle_seed = int(np.random.SeedSequence([int(seed), int(ep.seed) % 2**63]).generate_state(1)[0])
+        _, blind = teacher_forced_labels(model, tokenizer, shuffled_pairing(ep, shuffle_seed))
+        for k, (t, g, b) in enumerate(zip(true, guess, blind)):
+            rows.append({"episode_id": ep.id, "df": ep.params["df"], "n_points": ep.n_points, "position": k + 1,
+                         "label": t, "guess": g, "right": g == t, "shuffled_right": b == t,
+                         "repeat_right": k > 0 and true[k - 1] == t})
+    return pd.DataFrame(rows)
+
+
 def evaluate_before_after(backends: dict, episodes: Sequence[Episode], profile: str,
                           constrained_modes: Sequence[bool] = (False,)) -> "pd.DataFrame":
     """Per-episode rows for each backend (``{"pretrained": ..., "finetuned": ..., "kmeans": ...}``):

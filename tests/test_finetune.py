@@ -145,6 +145,49 @@ def test_pairing_gain_measures_point_label_pairing(tiny_llama_dir):
         pairing_gain(model, tok, [ep], n_shuffles=0)
 
 
+class NextTokenStub(torch.nn.Module):
+    """A stand-in causal LM whose last hidden state at position t is the one-hot of token t + ``shift``
+    (shift 1: it always knows the next token; shift 0: it repeats the current one), with an identity LM head."""
+
+    def __init__(self, vocab_size: int, shift: int):
+        super().__init__()
+        self.shift, self.head = shift, torch.nn.Linear(vocab_size, vocab_size, bias=False)
+        torch.nn.init.eye_(self.head.weight)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, **kw):
+        ids = torch.roll(input_ids, -self.shift, dims=1)
+        hidden = torch.nn.functional.one_hot(ids, self.head.in_features).float()
+        return type("Out", (), {"hidden_states": (hidden,)})()
+
+
+def test_teacher_forced_labels_read_each_label_place(tiny_llama_dir):
+    """Teacher-forced guesses at each label's place: all right for a model that knows the next token, none for
+    one that repeats the current token (a bracket or comma precedes every label); the table's repeat baseline
+    is whether a label equals its predecessor."""
+    from icc_utils.finetune import label_position_table, teacher_forced_labels
+
+    tok = load_tokenizer(tiny_llama_dir)
+    ep = episodes(3, seed=5)[2]
+    true, guess = teacher_forced_labels(lora_model(tiny_llama_dir), tok, ep)
+    assert true == list(ep.labels) and len(guess) == ep.n_points
+    assert all(-1 <= g for g in guess)
+    oracle, copier = NextTokenStub(len(tok), shift=1), NextTokenStub(len(tok), shift=0)
+    assert teacher_forced_labels(oracle, tok, ep)[1] == list(ep.labels)
+    assert teacher_forced_labels(copier, tok, ep)[1] == [-1] * ep.n_points
+    table = label_position_table(oracle, tok, [ep])
+    assert table["right"].all() and table["position"].tolist() == list(range(1, ep.n_points + 1))
+    assert table["repeat_right"].tolist() == [False] + [a == b for a, b in zip(ep.labels[1:], ep.labels[:-1])]
+    assert table["shuffled_right"].all()          # the oracle reads the answer, not the points
+    assert not label_position_table(copier, tok, [ep])["right"].any()
+    model = lora_model(tiny_llama_dir)
+    real = label_position_table(model, tok, [ep], seed=1)
+    assert real["right"].tolist() == [g == t for t, g in zip(true, guess)]
+    assert label_position_table(model, tok, [ep], seed=1).equals(real)   # the shuffle is seeded
+
+
 # ---------------------------------------------------------------- data
 
 def test_permutation_augmentation():
