@@ -59,26 +59,35 @@ def parse_adapters(specs: list[str]) -> list[tuple[str, str | None]]:
     return models
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_probe_args(ap: argparse.ArgumentParser) -> None:
+    """The options every teacher-forced probe shares: the adapters, the validation setting, the label rule."""
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                     help="an adapter to probe (repeatable); the pretrained model is always probed")
     ap.add_argument("--clusters", type=int, default=3)
     ap.add_argument("--dims", type=int, default=3)
     ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0])
     ap.add_argument("--eval-n", type=int, default=20, help="validation episodes per df")
-    ap.add_argument("--shuffles", type=int, default=4, help="shuffled prompts per episode")
     ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES, help="label rule of the episodes")
-    ap.add_argument("--answer-format", default="paper", choices=ANSWER_FORMATS,
-                    help="prompt and answer format of every model scored (indexed: the labelled ablation)")
     ap.add_argument("--out", required=True, help="CSV path")
-    args = ap.parse_args(argv)
-    models = parse_adapters(args.adapter)
 
+
+def probe_setup(args: argparse.Namespace) -> tuple[list, dict, list, Path]:
+    """The models to probe (:func:`parse_adapters`), the default profile, the validation episodes of ``args``'
+    setting (``val`` seed split) labelled by ``args.labels``, and the output path."""
     params = load_profile("default")
     val = [D.rule_labelled(ep, args.labels) for ep in
            D.validation_episodes(params["seed"], args.clusters, args.dims, args.eval_dfs, args.eval_n)]
-    out = Path(args.out)
+    return parse_adapters(args.adapter), params, val, Path(args.out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_probe_args(ap)
+    ap.add_argument("--shuffles", type=int, default=4, help="shuffled prompts per episode")
+    ap.add_argument("--answer-format", default="paper", choices=ANSWER_FORMATS,
+                    help="prompt and answer format of every model scored (indexed: the labelled ablation)")
+    args = ap.parse_args(argv)
+    models, params, val, out = probe_setup(args)
     rows = pd.read_csv(out).to_dict("records") if out.exists() else []
     done = {str(r["model"]) for r in rows}
     for name, adapter in models:
@@ -93,7 +102,7 @@ def main(argv=None) -> None:
     table = pd.DataFrame(rows)
     print(table.round(4).to_string(index=False))
     z = table["gain"] / table["gain_se"]
-    best = int(z.idxmax())
+    best = int(z.fillna(-np.inf).idxmax())   # one episode: no standard error
     print(f"largest pairing gain: {table.loc[best, 'model']} {table.loc[best, 'gain']:+.4f} nats/point "
           f"({z[best]:.1f} standard errors; c={args.clusters}, d={args.dims}, df={args.eval_dfs}, labels: {args.labels})")
 

@@ -29,11 +29,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from icc_utils import data as D, finetune as F  # noqa: E402
+from icc_utils import finetune as F  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
 from icc_utils.models import get_backend  # noqa: E402
-from icc_utils.profiles import load_profile  # noqa: E402
-from pairing_probe import parse_adapters  # noqa: E402  (this folder is on sys.path when run as a script)
+from pairing_probe import add_probe_args, probe_setup  # noqa: E402  (this folder is on sys.path when run as a script)
 
 BINS = [0, 5, 10, 20, 30, 50]   # label positions 1-5, 6-10, 11-20, 21-30, 31-50 (episodes have 10-50 points)
 
@@ -55,21 +54,8 @@ def binned(name: str, table: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                    help="an adapter to probe (repeatable); the pretrained model is always probed")
-    ap.add_argument("--clusters", type=int, default=3)
-    ap.add_argument("--dims", type=int, default=3)
-    ap.add_argument("--eval-dfs", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--eval-n", type=int, default=20, help="validation episodes per df")
-    ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES, help="label rule of the episodes")
-    ap.add_argument("--out", required=True, help="CSV path")
-    args = ap.parse_args(argv)
-    models = parse_adapters(args.adapter)
-
-    params = load_profile("default")
-    val = [D.rule_labelled(ep, args.labels) for ep in
-           D.validation_episodes(params["seed"], args.clusters, args.dims, args.eval_dfs, args.eval_n)]
-    out = Path(args.out)
+    add_probe_args(ap)
+    models, params, val, out = probe_setup(ap.parse_args(argv))
     table = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["model"])
     for name, adapter in models:
         if name in set(table["model"].astype(str)):
