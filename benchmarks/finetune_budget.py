@@ -105,16 +105,15 @@ def main(argv=None) -> None:
         train_episodes = F.training_episodes("default", args.episodes)
     else:
         c, d = args.clusters, args.dims
-        lengths = tuple(args.train_points or D.DEFAULT_LENGTH_RANGE)
         train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d],
-                                             length_range=lengths)
+                                             length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE))
     val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
     train_episodes = [D.rule_labelled(ep, args.labels) for ep in train_episodes]
     val = [D.rule_labelled(ep, args.labels) for ep in val]
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
-    lengths = f" of {args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
-    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{lengths}; curve on {len(val)} validation episodes "
+    trained_on = f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
+    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"], answer_format=spec.answer_format)
@@ -133,7 +132,7 @@ def main(argv=None) -> None:
     write_csv(out / "budget_curve.csv", curve)
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
     rule = "" if args.labels == "clusters" else f", labels: {args.labels} (control)"
-    rule += f", trained on {args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
+    rule += f", trained on {trained_on}" if trained_on else ""
     rule += "\nablation: not the paper's answer format" if spec.answer_format != "paper" else ""
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, {args.recipe} recipe: c={c}, d={d}, "
                                                  f"df={dfs}{rule} (validation)")

@@ -317,26 +317,33 @@ def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def next_token_logits(model, input_ids, attention_mask, keep, **inputs):
+    """Float logits of the next token at the positions ``keep`` selects, with the LM head applied only there.
+
+    ``keep`` is a (B, T-1) boolean mask: ``keep[b, t]`` asks for the prediction of token ``t + 1``. The model runs
+    through its own ``forward`` with ``logits_to_keep=1``; its final (normed) hidden states go through the LM head.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                logits_to_keep=1, use_cache=False, **inputs)
+    hidden = out.hidden_states[-1][:, :-1]          # (B, T-1, H): position t predicts token t+1
+    lm_head = _base_model(model).get_output_embeddings()
+    return lm_head(hidden[keep].to(lm_head.weight.dtype)).float()
+
+
 def answer_only_loss(model, input_ids, attention_mask, labels, num_items: int | None = None, **inputs):
     """Next-token cross-entropy on the answer tokens, with logits computed only there.
 
-    The model runs through its own ``forward`` (so DDP / DeepSpeed hooks fire) with
-    ``logits_to_keep=1``; its final (normed) hidden states at positions whose *next* label is
-    not -100 go through the LM head. Returns the sum of token losses divided by ``num_items``
+    The model runs through its own ``forward`` (so DDP / DeepSpeed hooks fire), via
+    :func:`next_token_logits` at the positions whose *next* label is not -100. Returns the sum of token losses divided by ``num_items``
     (the number of answer tokens in the whole accumulated batch) or, if ``None``, by this
     batch's answer-token count: the same value as the standard shifted, masked loss. Further
     ``inputs`` (a multimodal model's ``pixel_values``) go to the model's forward.
     """
     import torch.nn.functional as F
 
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False, **inputs)
-    hidden = out.hidden_states[-1][:, :-1]          # (B, T-1, H): position t predicts token t+1
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    lm_head = _base_model(model).get_output_embeddings()
-    h = hidden[keep]
-    logits = lm_head(h.to(lm_head.weight.dtype)).float()
+    logits = next_token_logits(model, input_ids, attention_mask, keep, **inputs)
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     denom = num_items if num_items is not None else keep.sum()
     return loss / denom
@@ -700,6 +707,11 @@ def shuffled_pairing(episode: Episode, seed: int) -> Episode:
     return replace(permute_episode(episode, seed, suffix=f"unpaired{seed}"), labels=list(episode.labels))
 
 
+def shuffle_seeds(seed: int, episode: Episode, n: int) -> np.ndarray:
+    """``n`` seeds for :func:`shuffled_pairing` of ``episode``, drawn from ``[seed, episode.seed]``."""
+    return np.random.SeedSequence([int(seed), int(episode.seed) % 2**63]).generate_state(n)
+
+
 def pairing_gain(model, tokenizer, episodes: Sequence[Episode], n_shuffles: int = 4, seed: int = 0,
                  answer_format: str = "paper") -> "pd.DataFrame":
     """Does the model use which point carries which label? One row per episode: the answer's NLL per
@@ -717,7 +729,7 @@ def pairing_gain(model, tokenizer, episodes: Sequence[Episode], n_shuffles: int 
     model.eval()
     rows = []
     for ep in episodes:
-        seeds = np.random.SeedSequence([int(seed), int(ep.seed) % 2**63]).generate_state(n_shuffles)
+        seeds = shuffle_seeds(seed, ep, n_shuffles)
         true = answer_nll(model, tokenizer, ep, answer_format) / ep.n_points
         shuffled = float(np.mean([answer_nll(model, tokenizer, shuffled_pairing(ep, int(s)), answer_format)
                                   for s in seeds])) / ep.n_points
@@ -737,21 +749,21 @@ def teacher_forced_labels(model, tokenizer, episode: Episode) -> tuple[list[int]
     import torch
 
     ex = encode_training_example(tokenizer, episode)
-    ids, labels = ex["input_ids"], ex["labels"]
-    places = [j for j, lab in enumerate(labels) if lab != IGNORE_INDEX and tokenizer.decode([ids[j]]).strip().isdigit()]
-    true = [int(tokenizer.decode([ids[j]]).strip()) for j in places]
+    ids = torch.tensor([ex["input_ids"]])
+    answer = [(j, tokenizer.decode([t]).strip()) for j, (t, lab) in enumerate(zip(ex["input_ids"], ex["labels"]))
+              if lab != IGNORE_INDEX]
+    places = [j for j, word in answer if word.isdigit()]
+    true = [int(word) for _, word in answer if word.isdigit()]
     if true != [int(x) for x in episode.labels]:
         raise ValueError(f"episode {episode.id}: the answer's number tokens are not its labels one by one "
                          "(a label split into several tokens?); teacher_forced_labels needs one token per label")
+    keep = torch.zeros(1, ids.shape[1] - 1, dtype=torch.bool)
+    keep[0, [j - 1 for j in places]] = True                          # position j-1 predicts token j
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True, logits_to_keep=1,
-                    use_cache=False)
-        hidden = out.hidden_states[-1][0, [j - 1 for j in places]]   # position j-1 predicts token j
-        lm_head = _base_model(model).get_output_embeddings()
-        guesses = lm_head(hidden.to(lm_head.weight.dtype)).argmax(-1).tolist()
-    words = [tokenizer.decode([t]).strip() for t in guesses]
+        guesses = next_token_logits(model, ids.to(device), torch.ones_like(ids).to(device), keep.to(device))
+    words = [tokenizer.decode([t]).strip() for t in guesses.argmax(-1).tolist()]
     return true, [int(w) if w.isdigit() else -1 for w in words]
 
 
@@ -765,8 +777,7 @@ def label_position_table(model, tokenizer, episodes: Sequence[Episode], seed: in
     rows = []
     for ep in episodes:
         true, guess = teacher_forced_labels(model, tokenizer, ep)
-        shuffle_seed = int(np.random.SeedSequence([int(seed), int(ep.seed) % 2**63]).generate_state(1)[0])
-        _, blind = teacher_forced_labels(model, tokenizer, shuffled_pairing(ep, shuffle_seed))
+        _, blind = teacher_forced_labels(model, tokenizer, shuffled_pairing(ep, int(shuffle_seeds(seed, ep, 1)[0])))
         for k, (t, g, b) in enumerate(zip(true, guess, blind)):
             rows.append({"episode_id": ep.id, "df": ep.params["df"], "n_points": ep.n_points, "position": k + 1,
                          "label": t, "guess": g, "right": g == t, "shuffled_right": b == t,
