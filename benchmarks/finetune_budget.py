@@ -16,7 +16,11 @@ all within a CPU budget.
 
 ``--train-points LO HI`` (with ``--clusters``) draws the training episodes' lengths from LO..HI points
 instead of 10-50 (the shorter-episodes lever, e.g. ``4 12``: fewer labels to keep in step); the
-validation episodes keep 10-50, as the test sets do.
+validation episodes keep 10-50, as the test sets do. ``--train-dfs DF ...`` draws the training
+episodes' noise from those dfs only, and ``--separated`` keeps only the training episodes whose labels
+are their points' nearest-mean partition (:func:`icc_utils.data.nearest_mean_agreement` = 1): the easy end
+of a curriculum by separation (e.g. ``--train-dfs 100 --separated``). The validation episodes are never
+filtered.
 
 ``--labels sign`` / ``sign-canonical`` (with ``--clusters``) is a control: the same episodes, prompt and
 recipe, but every label (training and validation) follows a fixed rule, 1 where the point is >= 0
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +63,22 @@ from finetune_levers import ARMS, dataset_maker  # noqa: E402  (this folder is o
 
 RECIPES = ("default", "updates", "indexed")  # the levers of finetune_levers.py that change the recipe, not the data
 CONTROL_MARGIN = 0.05  # a control has learned its rule when accuracy is this far above the one-label score
+
+
+def one_setting_training_set(args: argparse.Namespace, seed: int) -> list:
+    """The first ``--episodes`` training episodes of ``--clusters``/``--dims`` with the chosen lengths and dfs;
+    with ``--separated`` only those whose labels are their points' nearest-mean partition (drawn on until enough)."""
+    make = partial(D.make_training_set, root_seed=seed, n_clusters=[args.clusters], dims=[args.dims],
+                   dfs=tuple(args.train_dfs or D.TRAIN_DFS),
+                   length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE))
+    if not args.separated:
+        return make(args.episodes)
+    pool = make(args.episodes * 10)
+    kept = [ep for ep in pool if D.nearest_mean_agreement(ep) == 1.0][:args.episodes]
+    if len(kept) < args.episodes:
+        raise SystemExit(f"--episodes={args.episodes} --separated: only {len(kept)} of {len(pool)} training episodes "
+                         f"are well separated; lower --episodes or widen --train-dfs")
+    return kept
 
 
 def main(argv=None) -> None:
@@ -74,6 +95,11 @@ def main(argv=None) -> None:
     ap.add_argument("--train-points", type=int, nargs=2, metavar=("LO", "HI"),
                     help=f"training episode lengths (needs --clusters; default {D.DEFAULT_LENGTH_RANGE[0]}-"
                          f"{D.DEFAULT_LENGTH_RANGE[1]}); validation keeps the default")
+    ap.add_argument("--train-dfs", type=float, nargs="+", metavar="DF",
+                    help=f"dfs of the training episodes (needs --clusters; default {' '.join(f'{x:g}' for x in D.TRAIN_DFS)})")
+    ap.add_argument("--separated", action="store_true",
+                    help="train only on well-separated episodes (every point nearer its own cluster's mean; needs "
+                         "--clusters): the easy end of a curriculum; validation keeps every episode")
     ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES,
                     help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     ap.add_argument("--recipe", default="default", choices=RECIPES,
@@ -93,6 +119,10 @@ def main(argv=None) -> None:
         if args.clusters is None or not args.clusters <= lo <= hi:
             raise SystemExit(f"--train-points={lo} {hi} is not allowed; it needs --clusters and "
                              f"--clusters <= LO <= HI (no empty cluster)")
+    if (args.train_dfs or args.separated) and args.clusters is None:
+        raise SystemExit("--train-dfs and --separated need --clusters and --dims (a one-setting training set)")
+    if args.train_dfs and any(df <= 0 for df in args.train_dfs):
+        raise SystemExit(f"--train-dfs={args.train_dfs} is not allowed; every df must be > 0")
     if args.labels != "clusters" and args.clusters is None:
         raise SystemExit(f"--labels={args.labels} needs --clusters and --dims (a control on one setting)")
 
@@ -105,14 +135,15 @@ def main(argv=None) -> None:
         train_episodes = F.training_episodes("default", args.episodes)
     else:
         c, d = args.clusters, args.dims
-        train_episodes = D.make_training_set(args.episodes, params["seed"], n_clusters=[c], dims=[d],
-                                             length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE))
+        train_episodes = one_setting_training_set(args, params["seed"])
     val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
     train_episodes = [D.rule_labelled(ep, args.labels) for ep in train_episodes]
     val = [D.rule_labelled(ep, args.labels) for ep in val]
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
-    trained_on = f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else ""
+    trained_on = ", ".join(filter(None, [f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else "",
+                                         "df " + " ".join(f"{x:g}" for x in args.train_dfs) if args.train_dfs else "",
+                                         "separated" if args.separated else ""]))
     print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 

@@ -192,6 +192,18 @@ def rule_labelled(episode: Episode, rule: str) -> Episode:
                    points=episode.points, labels=labels)
 
 
+def nearest_mean_agreement(episode: Episode) -> float:
+    """Share of points nearer (Euclidean) their own cluster's mean than any other cluster's mean.
+
+    1.0 means the labels are the partition the points' own geometry draws (no point lies on the far side
+    of another cluster's mean): an easy, well-separated episode, for an easy-first training set (issue 4).
+    """
+    points, labels = np.asarray(episode.points, dtype=float), np.asarray(episode.labels)
+    means = np.stack([points[labels == k].mean(axis=0) for k in range(episode.n_clusters)])
+    nearest = np.linalg.norm(points[:, None, :] - means[None, :, :], axis=2).argmin(axis=1)
+    return float(np.mean(nearest == labels))
+
+
 def make_grid(distribution: str, n_clusters: Sequence[int], dims: Sequence[int], dfs: Sequence[float | None],
               n_episodes: int, root_seed: int, split: str = "test",
               length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE) -> list[Episode]:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from scipy.stats import skew
 
 from icc_utils.data import (PAPER_DFS, Episode, canonical_labels, cell_counts, episode_seed, generate_episode,
-                            load_episodes, make_grid, make_training_set, normalise_distribution, permute_episode,
+                            load_episodes, make_grid, make_training_set, nearest_mean_agreement,
+                            normalise_distribution, permute_episode,
                             rule_labelled, save_episodes, select, verify_manifest, write_manifest)
 
 
@@ -241,3 +242,11 @@ def test_manifest_detects_modified_and_missing_files(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("test:")
     train.unlink()
     assert any(p.startswith("train:") and "missing" in p for p in verify_manifest(tmp_path / "manifest.json"))
+
+
+def test_nearest_mean_agreement_tells_separated_from_overlapping_episodes():
+    apart = Episode(id="a", seed=0, params={"n_clusters": 2}, points=[[-5.0], [-4.0], [4.0], [5.0]], labels=[0, 0, 1, 1])
+    assert nearest_mean_agreement(apart) == 1.0
+    # the point 3.0 is labelled with the left cluster (mean -1.0) but lies nearer the right one (mean 4.5)
+    crossed = Episode(id="c", seed=0, params={"n_clusters": 2}, points=[[-5.0], [3.0], [4.0], [5.0]], labels=[0, 0, 1, 1])
+    assert nearest_mean_agreement(crossed) == 0.75
