@@ -67,7 +67,8 @@ CONTROL_MARGIN = 0.05  # a control has learned its rule when accuracy is this fa
 
 def one_setting_training_set(args: argparse.Namespace, seed: int) -> list:
     """The first ``--episodes`` training episodes of ``--clusters``/``--dims`` with the chosen lengths and dfs;
-    with ``--separated`` only those whose labels are their points' nearest-mean partition (drawn on until enough)."""
+    with ``--separated`` the first of those whose labels are their points' nearest-mean partition, from a pool of
+    ten times as many."""
     make = partial(D.make_training_set, root_seed=seed, n_clusters=[args.clusters], dims=[args.dims],
                    dfs=tuple(args.train_dfs or D.TRAIN_DFS),
                    length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE))
@@ -95,8 +96,9 @@ def main(argv=None) -> None:
     ap.add_argument("--train-points", type=int, nargs=2, metavar=("LO", "HI"),
                     help=f"training episode lengths (needs --clusters; default {D.DEFAULT_LENGTH_RANGE[0]}-"
                          f"{D.DEFAULT_LENGTH_RANGE[1]}); validation keeps the default")
+    default_dfs = " ".join(f"{x:g}" for x in D.TRAIN_DFS)
     ap.add_argument("--train-dfs", type=float, nargs="+", metavar="DF",
-                    help=f"dfs of the training episodes (needs --clusters; default {' '.join(f'{x:g}' for x in D.TRAIN_DFS)})")
+                    help=f"dfs of the training episodes (needs --clusters; default {default_dfs})")
     ap.add_argument("--separated", action="store_true",
                     help="train only on well-separated episodes (every point nearer its own cluster's mean; needs "
                          "--clusters): the easy end of a curriculum; validation keeps every episode")
@@ -141,9 +143,10 @@ def main(argv=None) -> None:
     val = [D.rule_labelled(ep, args.labels) for ep in val]
     D.check_disjoint(train_episodes, val)
     out = Path(args.out)
-    trained_on = ", ".join(filter(None, [f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else "",
-                                         "df " + " ".join(f"{x:g}" for x in args.train_dfs) if args.train_dfs else "",
-                                         "separated" if args.separated else ""]))
+    trained_on = ", ".join(filter(None, [
+        f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else "",
+        "df " + " ".join(f"{x:g}" for x in args.train_dfs) if args.train_dfs else "",
+        "separated" if args.separated else ""]))
     print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
