@@ -123,8 +123,11 @@ def main(argv=None) -> None:
                              f"--clusters <= LO <= HI (no empty cluster)")
     if (args.train_dfs or args.separated) and args.clusters is None:
         raise SystemExit("--train-dfs and --separated need --clusters and --dims (a one-setting training set)")
-    if args.train_dfs and any(df <= 0 for df in args.train_dfs):
-        raise SystemExit(f"--train-dfs={args.train_dfs} is not allowed; every df must be > 0")
+    for df in args.train_dfs or []:  # the data module's rule for a df, checked before any episode is drawn
+        try:
+            D.normalise_distribution("t", df)
+        except ValueError as err:
+            raise SystemExit(f"--train-dfs: {err}") from None
     if args.labels != "clusters" and args.clusters is None:
         raise SystemExit(f"--labels={args.labels} needs --clusters and --dims (a control on one setting)")
 

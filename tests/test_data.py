@@ -12,8 +12,8 @@ from scipy.stats import skew
 
 from icc_utils.data import (PAPER_DFS, Episode, canonical_labels, cell_counts, episode_seed, generate_episode,
                             load_episodes, make_grid, make_training_set, nearest_mean_agreement,
-                            normalise_distribution, permute_episode,
-                            rule_labelled, save_episodes, select, verify_manifest, write_manifest)
+                            normalise_distribution, permute_episode, rule_labelled, save_episodes, select,
+                            verify_manifest, write_manifest)
 
 
 def _same(a: Episode, b: Episode) -> bool:
