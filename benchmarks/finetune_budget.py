@@ -20,7 +20,9 @@ validation episodes keep 10-50, as the test sets do. ``--train-dfs DF ...`` draw
 episodes' noise from those dfs only, and ``--separated`` keeps only the training episodes whose labels
 are their points' nearest-mean partition (:func:`icc_utils.data.nearest_mean_agreement` = 1): the easy end
 of a curriculum by separation (e.g. ``--train-dfs 100 --separated``). The validation episodes are never
-filtered.
+filtered. ``--init-adapter DIR`` starts from an earlier run's adapter (``DIR`` = its ``--out``/adapter; same
+recipe) with a fresh optimiser and schedule: the next stage of a curriculum, e.g. the separated short-list
+adapter continued on full-length episodes.
 
 ``--labels sign`` / ``sign-canonical`` (with ``--clusters``) is a control: the same episodes, prompt and
 recipe, but every label (training and validation) follows a fixed rule, 1 where the point is >= 0
@@ -102,6 +104,9 @@ def main(argv=None) -> None:
     ap.add_argument("--separated", action="store_true",
                     help="train only on well-separated episodes (every point nearer its own cluster's mean; needs "
                          "--clusters): the easy end of a curriculum; validation keeps every episode")
+    ap.add_argument("--init-adapter", metavar="DIR",
+                    help="start from this earlier run's adapter (same recipe; fresh optimiser and schedule): a "
+                         "curriculum's next stage")
     ap.add_argument("--labels", default="clusters", choices=D.LABEL_RULES,
                     help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     ap.add_argument("--recipe", default="default", choices=RECIPES,
@@ -149,19 +154,22 @@ def main(argv=None) -> None:
     trained_on = ", ".join(filter(None, [
         f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else "",
         "df " + " ".join(f"{x:g}" for x in args.train_dfs) if args.train_dfs else "",
-        "separated" if args.separated else ""]))
+        "separated" if args.separated else "",
+        f"from {Path(args.init_adapter).resolve().parent.name}" if args.init_adapter else ""]))
     print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"], answer_format=spec.answer_format)
 
-    def on_eval(model, tokenizer, step, episodes_seen):  # step 0 is the zero-shot model (notebooks 01 and 04)
-        return evaluate(model, tokenizer, step, episodes_seen) if step else None
+    # step 0 is the zero-shot model (notebooks 01 and 04), or with --init-adapter the earlier stage's end
+    def on_eval(model, tokenizer, step, episodes_seen):
+        return evaluate(model, tokenizer, step, episodes_seen) if step or args.init_adapter else None
 
     record = {"_answer_format": spec.answer_format} if spec.answer_format != "paper" else None
     run = None if args.curve_only else F.train(config, train_episodes, out / "adapter", on_eval=on_eval,
                                                eval_every_steps=args.eval_every_steps,
-                                               make_dataset=dataset_maker(spec, config), lora_overrides=record)
+                                               make_dataset=dataset_maker(spec, config), lora_overrides=record,
+                                               init_adapter=args.init_adapter)
     curve = F.learning_curve_table(out / "adapter", val)
     seen = run.episodes_seen if run else int(curve["episodes_seen"].max())
     if args.clusters is not None:  # reference columns of the diagnostic runs (the published c=3, d=3 run predates them)

@@ -388,6 +388,31 @@ def _checkpoint_step(checkpoint: Path | None) -> int | None:
     return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else None
 
 
+def _adapter_identity(adapter_dir: str | Path) -> dict:
+    """Path and weights' sha256 of a PEFT adapter directory (a clear error when it holds none)."""
+    path = Path(adapter_dir).expanduser().resolve() / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"init_adapter={str(adapter_dir)!r} is not allowed; it must be a PEFT adapter directory "
+                         f"holding adapter_model.safetensors (the output_dir of an earlier train())")
+    return {"path": str(path.parent), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _load_adapter_weights(model, adapter_dir: str | Path) -> None:
+    """Copy an earlier adapter's LoRA weights into ``model`` (a fresh PeftModel of the same LoRA shape)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir).expanduser().resolve() / "adapter_model.safetensors"))
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as err:   # a shape mismatch (another rank)
+        raise ValueError(f"init_adapter={str(adapter_dir)!r} does not fit this run's LoRA: {err}") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"init_adapter={str(adapter_dir)!r} does not fit this run's LoRA (other target modules): "
+                         f"{len(result.unexpected_keys)} of its tensors unused, {len(missing)} of ours not set")
+
+
 def plot_loss_curve(df, path: str | Path) -> Path:
     """Training loss against episodes seen, saved as a PNG."""
     from .plots import plt, save_figure
@@ -501,7 +526,8 @@ def _make_callback(output_dir: Path, cfg: FinetuneConfig, world_size: int, n_exa
 def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir: str | Path, resume: bool = True,
           on_eval: Callable | None = None, eval_every_steps: int | None = None,
           callbacks: Sequence = (), model_loader: Callable | None = None, make_dataset: Callable | None = None,
-          collate_fn: Callable | None = None, lora_overrides: dict | None = None) -> TrainResult:
+          collate_fn: Callable | None = None, lora_overrides: dict | None = None,
+          init_adapter: str | Path | None = None) -> TrainResult:
     """Fine-tune ``config.model`` with LoRA on ``train_episodes``; the adapter goes to ``output_dir``.
 
     * A finished run with the same config (bookkeeping fields aside) and data is reused as is, when it
@@ -521,6 +547,9 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
       the text dataset, ``collate_fn(examples, pad_id)`` the text collator, and ``lora_overrides``
       (e.g. ``target_modules`` as a regex, ``modules_to_save``) update the ``LoraConfig`` (keys
       starting with ``_`` are only recorded, as part of the run's identity).
+    * ``init_adapter``: a PEFT adapter directory of an earlier run (same LoRA shape) whose weights
+      start this run instead of the fresh LoRA initialisation (with a new optimiser and schedule): the
+      next stage of a curriculum. Its path and weights' sha256 are part of the run's identity.
     """
     import pandas as pd
     import torch
@@ -546,10 +575,13 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
             "data_sha256": data_sha256(train_episodes), "base_model": resolve_local_model(config.model)}
     if lora_overrides:
         meta["lora_overrides"] = dict(lora_overrides)
+    if init_adapter is not None:
+        meta["init_adapter"] = _adapter_identity(init_adapter)
 
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
-        and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides")
+        and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides") \
+        and old.get("init_adapter") == meta.get("init_adapter")
     if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists() \
             and _checkpoint_step(_last_checkpoint(ckpt_dir)) == old["global_step"]:
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
@@ -575,6 +607,8 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     lora = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, **lora_kwargs)
     model = get_peft_model(model, lora)   # adapter weights are float32 (autocast_adapter_dtype)
+    if init_adapter is not None:
+        _load_adapter_weights(model, init_adapter)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     # ---- data and schedule

@@ -324,6 +324,43 @@ def test_training_reduces_loss_and_adapter_round_trips(tiny_llama_dir, tmp_path)
         train(cfg, episodes(4, seed=6), out)
 
 
+def test_init_adapter_starts_the_next_stage_from_an_earlier_adapter(tiny_llama_dir, tmp_path):
+    """A curriculum's second stage starts from the first stage's weights (its step-0 model is that adapter),
+    the starting adapter is part of the run's identity, and one that does not fit is a clear error."""
+    tok = load_tokenizer(tiny_llama_dir)
+    eps = episodes(4, seed=11)
+    cfg = tiny_config(tiny_llama_dir, max_steps=4, lora_dropout=0.0, learning_rate=1e-2)
+    first = train(cfg, eps, tmp_path / "stage1")
+    end_of_first = fixed_batch_loss(first.model.eval(), tok, eps)
+    at_start = []
+
+    def on_eval(model, tokenizer, step, episodes_seen):
+        if step == 0:
+            at_start.append(fixed_batch_loss(model, tokenizer, eps))
+
+    second_cfg = tiny_config(tiny_llama_dir, max_steps=2, lora_dropout=0.0, learning_rate=1e-2)
+    second = train(second_cfg, episodes(4, seed=12), tmp_path / "stage2", on_eval=on_eval, eval_every_steps=2,
+                   init_adapter=tmp_path / "stage1")
+    assert at_start == [pytest.approx(end_of_first, abs=1e-6)]
+    fresh = []
+    train(second_cfg, episodes(4, seed=12), tmp_path / "fresh", on_eval=lambda m, t, s, e: fresh.append(
+        fixed_batch_loss(m, t, eps)) if s == 0 else None, eval_every_steps=2)
+    assert fresh[0] != pytest.approx(end_of_first, abs=1e-3)      # without it, step 0 is the fresh LoRA
+    meta = json.loads((tmp_path / "stage2" / "train_config.json").read_text())
+    assert meta["init_adapter"]["path"] == str((tmp_path / "stage1").resolve()) and second.finished
+    assert train(second_cfg, episodes(4, seed=12), tmp_path / "stage2", init_adapter=tmp_path / "stage1").reused
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(second_cfg, episodes(4, seed=12), tmp_path / "stage2")             # same dir, no starting adapter
+    with pytest.raises(ValueError, match="init_adapter=.*adapter_model.safetensors"):
+        train(second_cfg, eps, tmp_path / "other", init_adapter=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="init_adapter=.*does not fit"):
+        train(tiny_config(tiny_llama_dir, max_steps=1, lora_r=8), eps, tmp_path / "rank8",
+              init_adapter=tmp_path / "stage1")
+    with pytest.raises(ValueError, match="init_adapter=.*does not fit"):
+        train(tiny_config(tiny_llama_dir, max_steps=1, target_modules=("q_proj",)), eps, tmp_path / "q_only",
+              init_adapter=tmp_path / "stage1")
+
+
 class Killed(RuntimeError):
     pass
 
