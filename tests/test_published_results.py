@@ -72,6 +72,17 @@ def test_every_results_link_in_the_readme_exists():
     assert not missing, f"README links missing files: {missing}"
 
 
+def test_every_results_link_in_the_readme_is_committed():
+    """The README's links into results/ (the default run and the issue-4 diagnostic runs) point at files in git, not
+    at files that exist only on the machine that ran them (results/ is ignored; published files are added by hand)."""
+    links = sorted(set(re.findall(r"\((results/[^)\s#]+)", README)))
+    tracked = set(subprocess.run(["git", "ls-files", "results"], cwd=PROJECT_ROOT, capture_output=True,
+                                 text=True).stdout.split())
+    missing = [link for link in links if link not in tracked                      # a file, or a folder with files
+               and not (link.endswith("/") and any(path.startswith(link) for path in tracked))]
+    assert links and not missing, f"README links results files that are not committed: {missing}"
+
+
 @published
 def test_runinfo_records_one_clean_finished_run():
     info = json.loads((PUBLISHED / "RUNINFO.json").read_text())
