@@ -243,8 +243,9 @@ def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, 
 
 def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
     """Accuracy on held-out episodes against training episodes seen (one line per ``accuracy*`` column),
-    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``) and, where
-    given (column ``one_label_accuracy``), what answering one label for every point scores as a dotted line."""
+    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``; per df, where
+    given as ``kmeans_accuracy_<df>``, a thin dashed line in that df's colour) and, where given (column
+    ``one_label_accuracy``), what answering one label for every point scores as a dotted line."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
     else:
@@ -252,7 +253,10 @@ def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
     cols = [c for c in curve.columns if c.startswith("accuracy")]
     for c in cols:
         label = "all validation episodes" if c == "accuracy" else c.replace("accuracy_", "")
-        ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
+        line, = ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
+        if c != "accuracy" and f"kmeans_{c}" in curve and len(curve):
+            ax.axhline(float(curve[f"kmeans_{c}"].iloc[0]), color=line.get_color(), ls="--", lw=0.8,
+                       label=f"k-means {label}")
     if "kmeans_accuracy" in curve and len(curve):
         ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
     if "one_label_accuracy" in curve and len(curve):
