@@ -37,7 +37,8 @@ score instead. ``--recipe updates`` / ``indexed`` changes the recipe as the arm 
 Writes ``budget_curve.csv`` and ``budget_curve.png`` under ``--out`` as the run goes (the run resumes
 from its last checkpoint if killed), with k-means and answering one label for every point on the same
 episodes as reference columns; ``--curve-only`` rebuilds them from a stopped run's evaluations. Prints
-the curve, then last: the first episode count at which the fine-tuned model's validation accuracy
+the curve, for each validation df the first episode count at which its accuracy reached k-means' on that df (df 1 is
+the target's), then last: the first episode count at which the fine-tuned model's validation accuracy
 reached k-means' (a control: passed the one-label score by ``CONTROL_MARGIN``), or that it did not within the run.
 
     python -m icc_utils.run --profile default --only 00     # the training split, once
@@ -47,6 +48,8 @@ reached k-means' (a control: passed the one-label score by ``CONTROL_MARGIN``), 
     python benchmarks/finetune_budget.py --clusters 2 --dims 1 --eval-dfs 1 100 --episodes 1200 \
         --eval-every-steps 30 --minutes 40 --labels sign --out results/control-sign   # a control
     python benchmarks/finetune_budget.py ... --labels sign --recipe indexed --out results/control-sign-indexed
+
+A finished adapter's score on Table 1's own test episodes (not the validation curve): ``benchmarks/table1_check.py``.
 """
 from __future__ import annotations
 
@@ -154,9 +157,9 @@ def main(argv=None) -> None:
     trained_on = ", ".join(filter(None, [
         f"{args.train_points[0]}-{args.train_points[1]} points" if args.train_points else "",
         "df " + " ".join(f"{x:g}" for x in args.train_dfs) if args.train_dfs else "",
-        "separated" if args.separated else "",
-        f"from {Path(args.init_adapter).resolve().parent.name}" if args.init_adapter else ""]))
-    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}; curve on {len(val)} validation episodes "
+        "separated" if args.separated else ""]))
+    start = f"from {Path(args.init_adapter).resolve().parent.name}" if args.init_adapter else ""  # a curriculum's stage
+    print(f"recipe: {config}\ntraining on {len(train_episodes)} episodes{' of ' + trained_on if trained_on else ''}{' ' + start if start else ''}; curve on {len(val)} validation episodes "
           f"(c={c}, d={d}, df={args.eval_dfs}, labels: {args.labels}) every {args.eval_every_steps} steps", flush=True)
 
     evaluate = F.curve_evaluator(val, params["batch_size"], answer_format=spec.answer_format)
@@ -178,6 +181,7 @@ def main(argv=None) -> None:
     dfs = ", ".join(f"{x:g}" for x in args.eval_dfs)
     rule = "" if args.labels == "clusters" else f", labels: {args.labels} (control)"
     rule += f", trained on {trained_on}" if trained_on else ""
+    rule += f", {start}" if start else ""
     rule += "\nablation: not the paper's answer format" if spec.answer_format != "paper" else ""
     fig = plots.plot_learning_curve(curve, title=f"SmolLM2-135M-Instruct, {args.recipe} recipe: c={c}, d={d}, "
                                                  f"df={dfs}{rule} (validation)")
@@ -188,7 +192,14 @@ def main(argv=None) -> None:
         print(f"{run.episodes_seen} episodes in {run.train_seconds / 60:.1f} min, finished={run.finished}")
     else:
         print(f"--curve-only: the curve of the run so far ({seen} episodes at its last evaluation), not trained further")
-    # the target is k-means; a label-rule control must leave the one-label score (k-means does not know the rule)
+    # the target is k-means at df=1 in Table 1's setting: each validation df's line, then all of them (last)
+    per_df = [k for k in curve if k.startswith("accuracy_") and f"kmeans_{k}" in curve]
+    for col in per_df if args.labels == "clusters" else []:
+        km, passed = curve[f"kmeans_{col}"].iloc[0], curve[curve[col] >= curve[f"kmeans_{col}"]]
+        print(f"at {col[len('accuracy_'):]}: " + (f"passed k-means ({km:.3f}) after {int(passed['episodes_seen'].iloc[0])} "
+                                                  f"training episodes ({passed[col].iloc[0]:.3f})" if len(passed) else
+                                                  f"did not pass k-means ({km:.3f}); best {curve[col].max():.3f}"))
+    # a label-rule control must leave the one-label score (k-means does not know the rule)
     if args.labels == "clusters":
         ref, what, beat = "kmeans_accuracy", "k-means", curve["accuracy"] >= curve["kmeans_accuracy"]
     else:

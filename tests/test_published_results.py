@@ -96,3 +96,28 @@ def test_runinfo_records_one_clean_finished_run():
         assert entry["status"] == "ok" and entry["seconds"] > 0 and entry.get("dirty", False) is False, name
         assert (PUBLISHED / name).is_file(), f"executed notebook {name} is not published"
     assert info["total_seconds"] == pytest.approx(sum(e["seconds"] for e in info["notebooks"].values()), rel=0.05)
+
+
+@published
+def test_table1_check_scores_the_episodes_notebook_04_scored():
+    """benchmarks/table1_check.py regenerates Table 1's test episodes from their seeds: k-means on them must give
+    the published notebook-04 k-means row, df by df (same episodes, same order of points)."""
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from table1_check import table1_episodes
+
+    from icc_utils import evaluate as E
+    from icc_utils.metrics import summarize
+    from icc_utils.models import get_backend
+    from icc_utils.profiles import load_profile
+
+    episodes = table1_episodes(load_profile("default"))
+    ours = summarize(E.score_predictions(episodes, get_backend("kmeans").predict(episodes), "kmeans", "kmeans"), ["df"])
+    table = pd.read_csv(PUBLISHED / "04" / "table1_summary.csv")
+    published_km = table[table["model"] == "kmeans"].sort_values("df")
+    assert ours["df"].tolist() == published_km["df"].tolist()
+    assert ours["n"].tolist() == published_km["n"].tolist()
+    assert ours["accuracy"].round(6).tolist() == published_km["accuracy"].round(6).tolist()
