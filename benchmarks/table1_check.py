@@ -57,9 +57,10 @@ def main(argv=None) -> None:
     episodes = table1_episodes(params, args.dfs)
     out = Path(args.out)
     path = out / "table1_episodes.csv"
-    rows = pd.read_csv(path) if path.exists() else pd.concat(
-        [E.score_predictions(episodes, get_backend("kmeans").predict(episodes), "kmeans", "kmeans"),
-         E.one_label_rows(episodes)], ignore_index=True)
+    if not path.exists():
+        write_csv(path, pd.concat([E.evaluate(get_backend("kmeans"), episodes, "default"), E.one_label_rows(episodes)],
+                                  ignore_index=True))
+    rows = pd.read_csv(path)
     dtype = P.check_dtype("dtype", params["dtype"])
     for name, adapter in adapters:
         if name in set(rows["model"].astype(str)):
@@ -68,13 +69,13 @@ def main(argv=None) -> None:
         preds = backend.predict(episodes, cache=ReplyCache(out / f"replies_{name}.jsonl"), desc=name)
         rows = pd.concat([rows, E.score_predictions(episodes, preds, name, "finetuned")], ignore_index=True)
         write_csv(path, rows)
-    write_csv(path, rows)
+    rows = pd.read_csv(path)   # the rows as saved: a rerun that scores nothing new writes the same summary
     summary = summarize(rows, ["model", "method", "df"], metrics=("accuracy", "ari", "well_formed"))
     write_csv(out / "table1_summary.csv", summary)
     print(summary.round(3).to_string(index=False))
     acc = summary.pivot_table(index="df", columns="model", values="accuracy")
+    df1 = acc.index.min()
     for name, _ in adapters:
-        df1 = acc.index.min()
         verdict = "beats" if acc.loc[df1, name] > acc.loc[df1, "kmeans"] else "does not beat"
         print(f"{name}: df={df1:g} {acc.loc[df1, name]:.3f} {verdict} k-means {acc.loc[df1, 'kmeans']:.3f} "
               f"(one label {acc.loc[df1, 'one label']:.3f}); mean over df {acc[name].mean():.3f} vs one label "

@@ -116,7 +116,7 @@ def test_table1_check_scores_the_episodes_notebook_04_scored():
     from icc_utils.profiles import load_profile
 
     episodes = table1_episodes(load_profile("default"))
-    ours = summarize(E.score_predictions(episodes, get_backend("kmeans").predict(episodes), "kmeans", "kmeans"), ["df"])
+    ours = summarize(E.evaluate(get_backend("kmeans"), episodes, "default"), ["df"])
     table = pd.read_csv(PUBLISHED / "04" / "table1_summary.csv")
     published_km = table[table["model"] == "kmeans"].sort_values("df")
     assert ours["df"].tolist() == published_km["df"].tolist()
