@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,6 +42,7 @@ from .prompts import answer_text, check_answer_format, episode_messages
 IGNORE_INDEX = -100
 LR_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
 DTYPES = ("float32", "bfloat16")
+KERNELS = ("auto", "torch", "blocked")
 #: Config fields that do not change the trained weights (ignored when deciding to reuse a finished run).
 _BOOKKEEPING_FIELDS = ("save_steps", "logging_steps", "max_train_seconds")
 
@@ -54,9 +55,15 @@ class FinetuneConfig:
 
     Effective batch = ``per_device_batch_size * gradient_accumulation_steps`` (x the number of
     processes). ``bf16=True``: frozen base weights stored in bfloat16, LoRA weights and optimiser
-    state in float32 (PEFT casts the LoRA branch's input to float32), no autocast. ``dtype``
+    state in float32 (with ``kernels="torch"`` PEFT casts the LoRA branch's input to float32), no autocast. ``dtype``
     overrides the base weights' dtype (``None``: bfloat16 when ``bf16`` else float32);
     ``bf16=True`` with ``dtype="float32"`` is plain ``torch.autocast(bfloat16)``.
+
+    ``kernels``: ``"torch"`` trains with PyTorch's own attention (``sdpa``) and ``nn.Dropout``;
+    ``"blocked"`` with :mod:`icc_utils.kernels` (causal attention in query blocks, 16-bit dropout
+    masks, LoRA products in bf16 with float32 weights: 1.3x faster bf16 steps on the 2-core AMD,
+    ``benchmarks/finetune.py``); ``"auto"`` picks ``"blocked"`` for bf16 weights on a CPU and
+    ``"torch"`` elsewhere (float32 runs, GPUs), see :meth:`resolved_kernels`.
 
     Use ``bf16=True`` on a GPU or a CPU with native bf16 matmuls (notebook 04's ``ft_bf16: auto``
     decides by the machine). On the AVX2-only AMD EPYC CPUs every bf16 variant measured ~20x
@@ -84,6 +91,7 @@ class FinetuneConfig:
     logging_steps: int = 1
     max_train_seconds: float | None = None
     dtype: str | None = None
+    kernels: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
@@ -140,6 +148,8 @@ class FinetuneConfig:
         number_in("max_train_seconds", 0, math.inf, lo_open=True, optional=True)
         if self.dtype is not None and self.dtype not in DTYPES:
             bad("dtype", f"choose None (automatic) or one of {list(DTYPES)}")
+        if self.kernels not in KERNELS:
+            bad("kernels", f"choose one of {list(KERNELS)}")
 
     @property
     def effective_batch_size(self) -> int:
@@ -155,6 +165,15 @@ class FinetuneConfig:
     def autocast(self) -> bool:
         """Whether the forward runs under ``torch.autocast(bfloat16)`` (only bf16 with fp32 weights)."""
         return self.bf16 and self.weights_dtype == "float32"
+
+    def resolved_kernels(self, cuda: bool | None = None) -> str:
+        """``kernels`` with ``"auto"`` decided: ``"blocked"`` for bf16 weights on a CPU, else ``"torch"``."""
+        if self.kernels != "auto":
+            return self.kernels
+        if cuda is None:
+            import torch
+            cuda = torch.cuda.is_available()
+        return "blocked" if self.weights_dtype == "bfloat16" and not cuda else "torch"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -321,10 +340,14 @@ def next_token_logits(model, input_ids, attention_mask, keep, **inputs):
     """Float logits of the next token at the positions ``keep`` selects, with the LM head applied only there.
 
     ``keep`` is a (B, T-1) boolean mask: ``keep[b, t]`` asks for the prediction of token ``t + 1``. The model runs
-    through its own ``forward`` with ``logits_to_keep=1``; its final (normed) hidden states go through the LM head.
+    through its own ``forward`` with an empty ``logits_to_keep`` (its own LM head runs on no position: with
+    ``logits_to_keep=1`` a bf16 CPU step spent 185 ms copying the transposed vocabulary matrix for a logit it did not
+    use); its final (normed) hidden states go through the LM head here.
     """
+    import torch
+
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False, **inputs)
+                logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device), use_cache=False, **inputs)
     hidden = out.hidden_states[-1][:, :-1]          # (B, T-1, H): position t predicts token t+1
     lm_head = _base_model(model).get_output_embeddings()
     return lm_head(hidden[keep].to(lm_head.weight.dtype)).float()
@@ -375,7 +398,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _identity(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in _BOOKKEEPING_FIELDS}
+    """The fields of a saved config that change the trained weights; fields it predates take their defaults."""
+    full = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
+    full.update(cfg)
+    return {k: v for k, v in full.items() if k not in _BOOKKEEPING_FIELDS}
 
 
 def _last_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -572,7 +598,8 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     meta_path = output_dir / "train_config.json"
     meta = {"config": config.to_dict(), "n_episodes": len(train_episodes),
             "n_examples_per_epoch": len(train_episodes) * config.n_permutations,
-            "data_sha256": data_sha256(train_episodes), "base_model": resolve_local_model(config.model)}
+            "data_sha256": data_sha256(train_episodes), "base_model": resolve_local_model(config.model),
+            "kernels": config.resolved_kernels()}
     if lora_overrides:
         meta["lora_overrides"] = dict(lora_overrides)
     if init_adapter is not None:
@@ -581,7 +608,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
         and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides") \
-        and old.get("init_adapter") == meta.get("init_adapter")
+        and old.get("init_adapter") == meta.get("init_adapter") and old.get("kernels", "torch") == meta["kernels"]
     if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists() \
             and _checkpoint_step(_last_checkpoint(ckpt_dir)) == old["global_step"]:
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
@@ -609,6 +636,9 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     model = get_peft_model(model, lora)   # adapter weights are float32 (autocast_adapter_dtype)
     if init_adapter is not None:
         _load_adapter_weights(model, init_adapter)
+    if meta["kernels"] == "blocked":
+        from .kernels import use_blocked_kernels
+        use_blocked_kernels(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     # ---- data and schedule

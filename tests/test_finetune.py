@@ -365,7 +365,9 @@ class Killed(RuntimeError):
     pass
 
 
-def test_resume_after_kill_equals_uninterrupted(tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"bf16": True, "kernels": "blocked", "per_device_batch_size": 1}],
+                         ids=["fp32", "bf16-blocked"])
+def test_resume_after_kill_equals_uninterrupted(variant, tiny_qwen2_dir, tmp_path):
     from transformers import TrainerCallback
 
     class KillAfterSave(TrainerCallback):
@@ -374,7 +376,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_qwen2_dir, tmp_path):
                 raise Killed("simulated kill after checkpoint 4")
 
     eps = episodes(10, seed=7)
-    cfg = tiny_config(tiny_qwen2_dir, max_steps=6)        # dropout 0.05: RNG state must resume too
+    cfg = tiny_config(tiny_qwen2_dir, max_steps=6, **variant)   # dropout 0.05: RNG state must resume too
     full = train(cfg, eps, tmp_path / "full")
     assert full.finished
     with pytest.raises(Killed):
@@ -410,11 +412,13 @@ def test_wall_clock_budget_stops_and_resumes(tiny_llama_dir, tmp_path):
     assert done.finished and done.global_step == 5
 
 
-def test_bf16_path_trains(tiny_llama_dir, tmp_path):
-    tok = load_tokenizer(tiny_llama_dir)
+@pytest.mark.parametrize("kernels", ["torch", "blocked"])
+def test_bf16_path_trains(kernels, tiny_llama_dir, tmp_path):
     eps = episodes(4, seed=9)
-    res = train(tiny_config(tiny_llama_dir, max_steps=6, bf16=True, lora_dropout=0.0, learning_rate=1e-2),
-                eps, tmp_path / "bf16")
+    res = train(tiny_config(tiny_llama_dir, max_steps=6, bf16=True, lora_dropout=0.0, learning_rate=1e-2,
+                            per_device_batch_size=1, kernels=kernels), eps, tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "train_config.json").read_text())["kernels"] == kernels
+    assert (res.model.config._attn_implementation == "icc_blocked_causal") == (kernels == "blocked")
     model = res.model.eval()
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     frozen = [p for n, p in model.named_parameters() if "lora_" not in n]
