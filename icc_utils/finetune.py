@@ -941,7 +941,8 @@ def config_from_params(params: dict, model: str, seed: int) -> FinetuneConfig:
         target_modules=p["target_modules"], learning_rate=p["learning_rate"], lr_schedule=p["lr_schedule"],
         warmup_ratio=p["warmup_ratio"], per_device_batch_size=p["per_device_batch_size"],
         gradient_accumulation_steps=p["gradient_accumulation_steps"], seed=seed, bf16=p["bf16"],
-        save_steps=p["save_steps"], max_train_seconds=60.0 * minutes if minutes else None)
+        save_steps=p["save_steps"], max_train_seconds=60.0 * minutes if minutes else None,
+        kernels=p.get("kernels", "auto"))
 
 
 def training_episodes(profile: str, n_episodes: int = 0) -> list[Episode]:

@@ -17,8 +17,10 @@ PEFT's casts of every LoRA branch's input to float32 and back were most of the r
   float32.
 
 :func:`use_blocked_kernels` switches a PEFT model to all three (``FinetuneConfig(kernels="blocked")``, the automatic
-choice for bf16 weights on a CPU). Attention falls back to transformers' ``sdpa`` wherever the fast path does not
-apply (a padding mask, a KV cache, one query token, attention dropout).
+choice for bf16 weights on a CPU). They change training steps only: attention falls back to transformers' ``sdpa``
+without autograd (evaluation, generation) and wherever the fast path does not apply (a padding mask, a KV cache,
+one query token, attention dropout), dropout is off in eval mode, and the LoRA products run in float32 outside
+training, so evaluating an adapter gives the same numbers whichever kernels trained it.
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    fast = (causal and attention_mask is None and dropout == 0.0 and query.shape[2] > 1
+    fast = (torch.is_grad_enabled() and causal and attention_mask is None and dropout == 0.0 and query.shape[2] > 1
             and query.shape[2] == key.shape[2] and not kwargs.get("output_attentions")
             and kwargs.get("softcap") is None and kwargs.get("position_bias") is None
             and kwargs.get("cache") is None and kwargs.get("sliding_window") is None)
@@ -139,12 +141,15 @@ class FastDropout(torch.nn.Module):
 
 
 class InputDtypeLinear(torch.nn.Linear):
-    """A LoRA ``A`` or ``B`` matrix that computes in its input's dtype: the weight (float32, and so its gradient and
-    optimiser state) is cast down for the product, as ``torch.autocast`` would; the state-dict keys are unchanged."""
+    """A LoRA ``A`` or ``B`` matrix that, in a training step, computes in its input's dtype: the weight (float32, and
+    so its gradient and optimiser state) is cast down for the product, as ``torch.autocast`` would. Outside training
+    (eval mode or no grad) it casts the input up to the weight's dtype instead, which is what PEFT does, so an
+    evaluation gives the same numbers whichever kernels trained the adapter. State-dict keys are unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+        dtype = x.dtype if self.training and torch.is_grad_enabled() else self.weight.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return torch.nn.functional.linear(x.to(dtype), self.weight.to(dtype), bias)
 
 
 def use_blocked_kernels(model) -> int:

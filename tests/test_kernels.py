@@ -139,3 +139,25 @@ def test_a_saved_config_from_before_kernels_has_the_same_identity():
     old = {k: v for k, v in new.items() if k != "kernels"}
     assert _identity(old) == _identity(new)
     assert _identity({**new, "kernels": "blocked"}) != _identity(new)
+
+
+def test_evaluation_is_the_same_whichever_kernels_trained(tiny_llama_dir):
+    """Outside a training step the kernels step aside: eval-mode bf16 logits are bitwise PyTorch's, while a
+    training-mode forward with autograd does use them (and differs in the last bits)."""
+    ids = torch.randint(5, 500, (1, 40), generator=torch.Generator().manual_seed(2))
+    models = []
+    for blocked in (False, True):
+        model = _peft_llama(tiny_llama_dir, dropout=0.0).to(torch.bfloat16)
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, 0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+        if blocked:
+            use_blocked_kernels(model)
+        models.append(model)
+    with torch.no_grad():
+        a, b = (m.eval()(input_ids=ids).logits for m in models)
+    assert torch.equal(a, b)
+    a, b = (m.train()(input_ids=ids).logits for m in models)
+    assert not torch.equal(a, b) and (a.float() - b.float()).abs().mean() < 0.05

@@ -240,3 +240,5 @@ def test_ft_bf16_auto_follows_the_machine(monkeypatch):
         monkeypatch.setattr(M, "native_bf16", lambda native=native: native)
         cfg = F.config_from_params(params, "embedded", 0)
         assert cfg.bf16 is native and cfg.weights_dtype == ("bfloat16" if native else "float32")
+        assert cfg.kernels == params["ft_kernels"] == "auto"
+        assert cfg.resolved_kernels(cuda=False) == ("blocked" if native else "torch")
