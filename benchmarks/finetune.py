@@ -16,14 +16,14 @@ work and ~4N a lower one). N = the parameters a token goes through: the non-embe
 parameters of the decoder (the LM head runs only on answer tokens, a few percent of tokens).
 Printed last: the fraction of the better matmul peak that training achieves.
 
-Measured on the study's 2-core CPU (which exposes no avx512_bf16/AMX flags): bf16 matmuls run at
-0.3-34 GFLOP/s against ~130 in fp32, and a LoRA forward+backward step of one 324-token
-episode took 2.1-2.7 s in fp32, 43-46 s with bf16 weights, 45-47 s under autocast. So the
-bf16 variants are ~20x slower here and fp32 is the default; run ``--variants fp32,bf16`` on
-a machine with native bf16 to compare (it takes long on this CPU).
+Variants: ``fp32``; ``bf16-torch``, bf16 frozen weights with PyTorch's kernels (sdpa, nn.Dropout); ``bf16``, the
+same with ``icc_utils.kernels`` (what ``kernels="auto"`` picks on a CPU); ``autocast``. Measured on the 2-core AMD
+EPYC with avx512_bf16 (2026-12-03, three runs): ``bf16`` 426-618 tokens/s, 1.30-1.42x ``bf16-torch`` and 2.2-2.7x
+``fp32``; fraction 0.385-0.464 of the bf16 peak (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
+bf16 is emulated and ~20x slower than fp32; there fp32 is what ``auto`` picks.
 
     python benchmarks/finetune.py [--steps 3] [--warmup 1] [--lora-r 16] [--per-device 1] [--accumulation 8]
-                                  [--variants fp32,bf16,autocast] [--threads 2]
+                                  [--variants fp32,bf16-torch,bf16,autocast] [--threads 2]
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Checks, without running anything:
 * every ``results/...`` link in the README points at a committed file;
 * RUNINFO.json records one finished run: every numbered notebook ran with status ok, on one commit, from a clean
   working tree, with the machine and library versions;
-* and one that runs k-means (seconds): ``benchmarks/table1_check.py`` scores the Table 1 episodes notebook 04 scored.
+* and one that runs k-means (seconds): ``benchmarks/table1_check.py`` scores the Table 1 episodes notebook 04 scored;
+* the kernels comparison re-scored stage 3 exactly as its own run had.
 """
 from __future__ import annotations
 
@@ -122,3 +123,17 @@ def test_table1_check_scores_the_episodes_notebook_04_scored():
     assert ours["df"].tolist() == published_km["df"].tolist()
     assert ours["n"].tolist() == published_km["n"].tolist()
     assert ours["accuracy"].round(6).tolist() == published_km["accuracy"].round(6).tolist()
+
+
+def test_rescore_reproduces_the_training_runs_own_last_evaluation():
+    """``benchmarks/rescore_validation.py`` rebuilt stage 3's adapter (trained with PyTorch's kernels) and scored it
+    exactly as that run's learning curve did at its last step: the kernels comparison is on equal terms."""
+    import pandas as pd
+
+    root = PROJECT_ROOT / "results"
+    rescored = pd.read_csv(root / "c3d3-curriculum-s3-blocked" / "rescore.csv").set_index("model")
+    own = pd.read_csv(root / "c3d3-curriculum-s3" / "adapter" / "eval_curve.csv").iloc[-1]
+    for col in ("accuracy", "well_formed", "ari", "accuracy_df1", "accuracy_df100"):
+        assert rescored.loc["s3-torch", col] == pytest.approx(own[col], abs=1e-6), col
+    blocked = json.loads((root / "c3d3-curriculum-s3-blocked" / "adapter" / "train_config.json").read_text())
+    assert blocked["kernels"] == "blocked" and blocked["finished"]
