@@ -61,7 +61,7 @@ class FinetuneConfig:
 
     ``kernels``: ``"torch"`` trains with PyTorch's own attention (``sdpa``) and ``nn.Dropout``;
     ``"blocked"`` with :mod:`icc_utils.kernels` (causal attention in query blocks, 16-bit dropout
-    masks, LoRA products in bf16 with float32 weights: 1.3x faster bf16 steps on the 2-core AMD,
+    masks, LoRA products in bf16 with float32 weights: 1.3-1.4x faster bf16 steps on the 2-core AMD,
     ``benchmarks/finetune.py``); ``"auto"`` picks ``"blocked"`` for bf16 weights on a CPU and
     ``"torch"`` elsewhere (float32 runs, GPUs), see :meth:`resolved_kernels`.
 

@@ -30,9 +30,9 @@ ATTN_NAME = "icc_blocked_causal"
 DEFAULT_BLOCK = 128
 
 
-def _causal_bias(rows: int, cols: int, offset: int, dtype) -> torch.Tensor:
+def _causal_bias(rows: int, cols: int, offset: int, like: torch.Tensor) -> torch.Tensor:
     """Additive mask for query rows ``offset..offset+rows`` against keys ``0..cols``: -inf above the diagonal."""
-    return torch.full((rows, cols), float("-inf"), dtype=dtype).triu_(offset + 1)
+    return torch.full((rows, cols), float("-inf"), dtype=like.dtype, device=like.device).triu_(offset + 1)
 
 
 class BlockedCausalAttention(torch.autograd.Function):
@@ -46,7 +46,7 @@ class BlockedCausalAttention(torch.autograd.Function):
         probs = []
         for s in range(0, T, block):
             e = min(T, s + block)
-            bias = _causal_bias(e - s, e, s, q.dtype).expand(B * H, e - s, e)
+            bias = _causal_bias(e - s, e, s, q3).expand(B * H, e - s, e)
             p = torch.softmax(torch.baddbmm(bias, q3[:, s:e], k3[:, :e].transpose(1, 2), alpha=scale), -1)
             out[:, s:e] = torch.bmm(p, v3[:, :e])
             probs.append(p)
@@ -61,8 +61,8 @@ class BlockedCausalAttention(torch.autograd.Function):
         g = grad_out.reshape(B * H, T, D).to(q3.dtype)
         dq = torch.empty_like(q3)
         acc = torch.promote_types(q3.dtype, torch.float32)   # summed over query blocks: at least fp32
-        dk = torch.zeros(B * H, T, D, dtype=acc)
-        dv = torch.zeros(B * H, T, D, dtype=acc)
+        dk = torch.zeros(B * H, T, D, dtype=acc, device=q3.device)
+        dv = torch.zeros(B * H, T, D, dtype=acc, device=q3.device)
         for p, s in zip(probs, range(0, T, ctx.block)):
             e = min(T, s + ctx.block)
             dv[:, :e] += torch.bmm(p.transpose(1, 2), g[:, s:e])
