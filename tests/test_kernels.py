@@ -73,12 +73,15 @@ def _peft_llama(path, dropout):
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
 
 
-def test_model_with_blocked_kernels_gives_sdpa_logits_and_gradients(tiny_llama_dir):
-    """The tiny Llama has grouped KV heads (4 query, 2 KV); no dropout, so both runs are deterministic."""
-    ids = torch.randint(5, 500, (1, 70), generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_model_with_blocked_kernels_gives_sdpa_logits_and_gradients(which, request):
+    """Both tiny models have grouped KV heads (Qwen2's q/k/v with biases); no dropout, so both runs are
+    deterministic."""
+    path = request.getfixturevalue(which)
+    ids = torch.randint(5, 200, (1, 70), generator=torch.Generator().manual_seed(1))
     outs = []
     for blocked in (False, True):
-        model = _peft_llama(tiny_llama_dir, dropout=0.0).train()
+        model = _peft_llama(path, dropout=0.0).train()
         if blocked:
             use_blocked_kernels(model)
             assert model.config._attn_implementation == ATTN_NAME
