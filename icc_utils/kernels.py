@@ -7,8 +7,9 @@ PEFT's casts of every LoRA branch's input to float32 and back were most of the r
 
 * :class:`BlockedCausalAttention`: softmax attention in query blocks of ``block`` rows, each against only the keys
   it may see (the masked upper triangle is mostly never computed), as ``bmm`` at matmul speed, with a hand-written
-  backward that reuses the saved probabilities. Scores and probabilities are held in the input dtype, as
-  transformers' ``eager`` attention does in bf16; in float32 or float64 it equals ``sdpa`` to rounding.
+  backward that reuses the saved probabilities. Scores and probabilities are held in the input dtype and rounded
+  as transformers' ``eager`` attention rounds them in bf16 (``q k^T``, then the scale); in float32 or float64 it
+  equals ``sdpa`` to rounding.
 * :class:`FastDropout`: inverted dropout whose keep-mask comes from 16 random bits per element, drawn 64 bits at a
   time from torch's seeded generator (4x fewer draws than ``bernoulli_``); ``p`` is applied as
   ``round(p * 2^16) / 2^16`` (0.05 -> 0.050003).
@@ -30,9 +31,9 @@ ATTN_NAME = "icc_blocked_causal"
 DEFAULT_BLOCK = 128
 
 
-def _causal_bias(rows: int, cols: int, offset: int, like: torch.Tensor) -> torch.Tensor:
-    """Additive mask for query rows ``offset..offset+rows`` against keys ``0..cols``: -inf above the diagonal."""
-    return torch.full((rows, cols), float("-inf"), dtype=like.dtype, device=like.device).triu_(offset + 1)
+def _above_diagonal(n: int, device) -> torch.Tensor:
+    """(n, n) boolean mask, True above the diagonal: the keys a block's queries may not see among its own."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu_(1)
 
 
 class BlockedCausalAttention(torch.autograd.Function):
@@ -46,8 +47,9 @@ class BlockedCausalAttention(torch.autograd.Function):
         probs = []
         for s in range(0, T, block):
             e = min(T, s + block)
-            bias = _causal_bias(e - s, e, s, q3).expand(B * H, e - s, e)
-            p = torch.softmax(torch.baddbmm(bias, q3[:, s:e], k3[:, :e].transpose(1, 2), alpha=scale), -1)
+            scores = torch.bmm(q3[:, s:e], k3[:, :e].transpose(1, 2)).mul_(scale)   # rounded as eager rounds them
+            scores[:, :, s:e].masked_fill_(_above_diagonal(e - s, q3.device), float("-inf"))
+            p = torch.softmax(scores, -1)
             out[:, s:e] = torch.bmm(p, v3[:, :e])
             probs.append(p)
         ctx.save_for_backward(q3, k3, v3, *probs)
