@@ -1,9 +1,9 @@
 """Re-score adapters on a training run's validation episodes, the way that run's own learning curve scored them.
 
 ``benchmarks/finetune_budget.py`` evaluates the model being trained (bf16 base weights, the LoRA branch in
-float32, greedy free decoding on the ``val`` seed split). This script rebuilds that model for each
-``--adapter`` (a PEFT model of the adapter's own LoRA shape, its trained weights loaded as a curriculum stage
-loads them) and runs the same evaluator, so two adapters trained with different kernels
+float32, greedy free decoding on the ``val`` seed split). This script loads the same model for each
+``--adapter`` (``PeftModel.from_pretrained`` on the bf16 base: the LoRA weights stay float32, unmerged) and runs
+the same evaluator, so two adapters trained with different kernels
 (``FinetuneConfig.kernels``) are compared on equal terms. The pretrained model is not scored (step 0 of any
 run's curve). One row per adapter in ``--out`` (written as each is scored; a rerun skips those already there).
 
@@ -14,7 +14,6 @@ run's curve). One row per adapter in ``--out`` (written as each is scored; a rer
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,20 +26,7 @@ from pairing_probe import add_probe_args, probe_setup  # noqa: E402
 
 from icc_utils import finetune as F  # noqa: E402
 from icc_utils.io import write_csv  # noqa: E402
-
-
-def training_model(adapter: str, dtype: str):
-    """Base model in ``dtype`` plus a fresh PEFT LoRA of the adapter's shape with its weights, in eval mode."""
-    from peft import LoraConfig, get_peft_model
-
-    from icc_utils.models import load_model_and_tokenizer
-
-    cfg = json.loads((Path(adapter) / "train_config.json").read_text())["config"]
-    model, tok = load_model_and_tokenizer("embedded", dtype=dtype)
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"],
-                                             lora_dropout=cfg["lora_dropout"], target_modules=cfg["target_modules"]))
-    F._load_adapter_weights(model, adapter)
-    return model.eval(), tok
+from icc_utils.models import load_model_and_tokenizer  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -56,7 +42,7 @@ def main(argv=None) -> None:
     for name, adapter in models[1:]:
         if name in set(table["model"].astype(str)):
             continue
-        model, tok = training_model(adapter, args.dtype)
+        model, tok = load_model_and_tokenizer("embedded", adapter=adapter, dtype=args.dtype)
         with torch.no_grad():
             row = {"model": name, "adapter": adapter, **evaluate(model, tok, 0, 0)}
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
