@@ -126,7 +126,7 @@ def test_table1_check_scores_the_episodes_notebook_04_scored():
 
 
 def test_rescore_reproduces_the_training_runs_own_last_evaluation():
-    """``benchmarks/rescore_validation.py`` rebuilt stage 3's adapter (trained with PyTorch's kernels) and scored it
+    """``benchmarks/rescore_validation.py`` loaded stage 3's adapter (trained with PyTorch's kernels) and scored it
     exactly as that run's learning curve did at its last step: the kernels comparison is on equal terms."""
     import pandas as pd
 
