@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -245,6 +246,28 @@ def make_training_set(n_episodes: int, root_seed: int, n_clusters: Sequence[int]
         episodes.append(generate_episode(seed, dist, c, d, df, length_range=length_range,
                                          episode_id=f"{split}-{i:06d}-{cell_key(dist, c, d, df)}"))
     return episodes
+
+
+def one_setting_training_set(n_episodes: int, root_seed: int, n_clusters: int, dim: int,
+                             dfs: Sequence[float] = TRAIN_DFS, length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE,
+                             separated: bool = False) -> list[Episode]:
+    """Training episodes of one setting (c, d), t noise drawn from ``dfs``: a curriculum stage.
+
+    With ``separated`` the first ``n_episodes`` of ten times as many whose labels are their points'
+    nearest-mean partition (:func:`nearest_mean_agreement` = 1): the easy end of the curriculum. The
+    episodes of a shorter stage are the first ones of a longer stage with the same setting.
+    """
+    make = partial(make_training_set, root_seed=root_seed, n_clusters=[n_clusters], dims=[dim], dfs=tuple(dfs),
+                   length_range=tuple(length_range))
+    if not separated:
+        return make(n_episodes)
+    pool = make(n_episodes * 10)
+    kept = [ep for ep in pool if nearest_mean_agreement(ep) == 1.0][:n_episodes]
+    if len(kept) < n_episodes:
+        raise ValueError(f"n_episodes={n_episodes} with separated=True: only {len(kept)} of {len(pool)} training "
+                         f"episodes (c={n_clusters}, d={dim}, df {list(dfs)}) are well separated; ask for fewer "
+                         f"episodes or allow larger dfs")
+    return kept
 
 
 # ---------------------------------------------------------------- files

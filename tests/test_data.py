@@ -12,7 +12,7 @@ from scipy.stats import skew
 
 from icc_utils.data import (PAPER_DFS, Episode, canonical_labels, cell_counts, episode_seed, generate_episode,
                             load_episodes, make_grid, make_training_set, nearest_mean_agreement,
-                            normalise_distribution, permute_episode, rule_labelled, save_episodes, select,
+                            normalise_distribution, one_setting_training_set, permute_episode, rule_labelled, save_episodes, select,
                             verify_manifest, write_manifest)
 
 
@@ -250,3 +250,20 @@ def test_nearest_mean_agreement_tells_separated_from_overlapping_episodes():
     # the point 3.0 is labelled with the left cluster (mean -1.0) but lies nearer the right one (mean 4.5)
     crossed = Episode(id="c", seed=0, params={"n_clusters": 2}, points=[[-5.0], [3.0], [4.0], [5.0]], labels=[0, 0, 1, 1])
     assert nearest_mean_agreement(crossed) == 0.75
+
+
+def test_one_setting_training_set_filters_separated_episodes_and_is_prefix_stable(monkeypatch):
+    """A curriculum stage's episodes: one setting, the asked lengths and dfs, train seeds; ``separated`` keeps
+    only nearest-mean partitions, and a shorter stage is the start of a longer one."""
+    long = one_setting_training_set(20, 0, 2, 1, dfs=[100], length_range=(4, 12), separated=True)
+    short = one_setting_training_set(8, 0, 2, 1, dfs=[100], length_range=(4, 12), separated=True)
+    assert [e.seed for e in short] == [e.seed for e in long[:8]]
+    assert all(nearest_mean_agreement(e) == 1.0 and e.n_clusters == 2 and e.params["dim"] == 1
+               and e.params["df"] == 100 and 4 <= e.n_points <= 12 and e.id.startswith("train-") for e in long)
+    plain = one_setting_training_set(40, 0, 3, 3, dfs=[1])
+    assert [e.seed for e in plain] == [e.seed for e in make_training_set(40, 0, [3], [3], dfs=[1])]
+    assert min(nearest_mean_agreement(e) for e in plain) < 1.0      # the filter has something to remove
+    monkeypatch.setattr("icc_utils.data.nearest_mean_agreement", lambda ep: 0.5)
+    with pytest.raises(ValueError, match=r"n_episodes=3 with separated=True: only 0 of 30"):
+        one_setting_training_set(3, 0, 2, 1, separated=True)
+
