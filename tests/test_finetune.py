@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from collections import Counter
 
 import pandas as pd
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from icc_utils.data import generate_episode, make_training_set
-from icc_utils.finetune import (IGNORE_INDEX, EpisodeDataset, FinetuneConfig, answer_only_loss,
-                                augment_permutations, collate, encode_training_example, train)
+from icc_utils.finetune import (IGNORE_INDEX, CurriculumStage, EpisodeDataset, FinetuneConfig, answer_only_loss,
+                                augment_permutations, collate, curriculum_curve, curriculum_from_params,
+                                encode_training_example, train, train_curriculum)
 from icc_utils.prompts import answer_text, episode_messages, render_chat
 
 
@@ -359,6 +361,70 @@ def test_init_adapter_starts_the_next_stage_from_an_earlier_adapter(tiny_llama_d
     with pytest.raises(ValueError, match="init_adapter=.*does not fit"):
         train(tiny_config(tiny_llama_dir, max_steps=1, target_modules=("q_proj",)), eps, tmp_path / "q_only",
               init_adapter=tmp_path / "stage1")
+
+
+STAGE = {"name": "easy", "n_clusters": 2, "dim": 1, "n_episodes": 4}
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"n_episodes": None}, r"missing keys \['n_episodes'\]"),
+    ({"size": 3}, r"unknown keys \['size'\]"),
+    ({"n_clusters": 1}, r"ft_curriculum\[0\]\.n_clusters=1"),
+    ({"dim": 0}, r"ft_curriculum\[0\]\.dim=0"),
+    ({"n_episodes": 0}, r"ft_curriculum\[0\]\.n_episodes=0"),
+    ({"points": [1, 5]}, r"ft_curriculum\[0\]\.points=\[1, 5\].*n_clusters=2"),
+    ({"points": [9, 5]}, r"ft_curriculum\[0\]\.points=\[9, 5\]"),
+    ({"dfs": []}, r"ft_curriculum\[0\]\.dfs=\[\]"),
+    ({"dfs": [0]}, r"ft_curriculum\[0\]\.dfs\[0\]=0"),
+    ({"separated": "yes"}, r"ft_curriculum\[0\]\.separated='yes'"),
+    ({"name": "a/b"}, r"ft_curriculum\[0\]\.name='a/b'"),
+])
+def test_curriculum_stage_errors_name_the_stage_and_key(change, match):
+    stage = {k: v for k, v in {**STAGE, **change}.items() if v is not None}
+    with pytest.raises(ValueError, match=match):
+        curriculum_from_params([stage])
+
+
+def test_curriculum_from_params_defaults_and_list_errors():
+    (stage,) = curriculum_from_params([STAGE])
+    assert stage == CurriculumStage("easy", 2, 1, 4, (10, 50), (1.0, 2.0, 5.0, 100.0), False)
+    assert curriculum_from_params([]) == []
+    with pytest.raises(ValueError, match=r"ft_curriculum=.*must be a list of stages"):
+        curriculum_from_params(STAGE)
+    with pytest.raises(ValueError, match="must be distinct"):
+        curriculum_from_params([STAGE, STAGE])
+
+
+def test_train_curriculum_chains_stages_shares_the_budget_and_resumes(tiny_llama_dir, tmp_path):
+    """Each stage starts from the previous stage's adapter; the learning curve counts every stage's episodes and
+    skips a later stage's step 0; a budget that runs out stops the curriculum, and calling again finishes it with
+    the same adapter as an uninterrupted run."""
+    stages = [CurriculumStage("easy", 2, 1, 4, points=(4, 8)), CurriculumStage("hard", 3, 2, 4, points=(6, 10))]
+    cfg = tiny_config(tiny_llama_dir, per_device_batch_size=1, gradient_accumulation_steps=2)
+    seen = []
+
+    def on_eval(model, tokenizer, step, episodes_seen):
+        seen.append((step, episodes_seen))
+        return {"accuracy": 0.5}
+
+    full = train_curriculum(cfg, stages, tmp_path / "a" / "adapter", on_eval=on_eval, eval_every_steps=1)
+    assert full.finished and len(full.stages) == 2 and full.episodes_seen == 8 and full.global_step == 4
+    assert seen == [(0, 0), (1, 2), (2, 4), (1, 6), (2, 8)]
+    first = tmp_path / "a" / "adapter_stages" / "1-easy"
+    meta = json.loads((tmp_path / "a" / "adapter" / "train_config.json").read_text())
+    assert meta["init_adapter"]["path"] == str(first.resolve()) and meta["n_episodes"] == 4
+    curve = curriculum_curve(stages, tmp_path / "a" / "adapter", stages[1].episodes(0)[:2])
+    assert curve["stage"].tolist() == ["easy"] * 3 + ["hard"] * 2
+    assert curve["episodes_seen"].tolist() == [0, 2, 4, 6, 8] and curve["kmeans_accuracy"].between(0, 1).all()
+    assert train_curriculum(cfg, stages, tmp_path / "a" / "adapter").reused
+
+    stopped = train_curriculum(replace(cfg, max_train_seconds=1e-3), stages, tmp_path / "b" / "adapter")
+    assert not stopped.finished and len(stopped.stages) == 1 and (stopped.global_step, stopped.max_steps) == (1, 4)
+    assert not (tmp_path / "b" / "adapter" / "adapter_model.safetensors").exists()   # stage 2 did not start
+    done = train_curriculum(cfg, stages, tmp_path / "b" / "adapter")
+    assert done.finished and [r.global_step for r in done.stages] == [2, 2]
+    a, b = adapter_tensors(tmp_path / "a" / "adapter"), adapter_tensors(tmp_path / "b" / "adapter")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a)
 
 
 class Killed(RuntimeError):
