@@ -22,7 +22,8 @@ are their points' nearest-mean partition (:func:`icc_utils.data.nearest_mean_agr
 of a curriculum by separation (e.g. ``--train-dfs 100 --separated``). The validation episodes are never
 filtered. ``--init-adapter DIR`` starts from an earlier run's adapter (``DIR`` = its ``--out``/adapter; same
 recipe) with a fresh optimiser and schedule: the next stage of a curriculum, e.g. the separated short-list
-adapter continued on full-length episodes.
+adapter continued on full-length episodes. ``--seed S`` (with ``--clusters``) repeats a run with other training
+episodes, LoRA initialisation and data order, scored on the same validation episodes.
 
 ``--labels sign`` / ``sign-canonical`` (with ``--clusters``) is a control: the same episodes, prompt and
 recipe, but every label (training and validation) follows a fixed rule, 1 where the point is >= 0
@@ -55,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,20 +71,15 @@ CONTROL_MARGIN = 0.05  # a control has learned its rule when accuracy is this fa
 
 
 def one_setting_training_set(args: argparse.Namespace, seed: int) -> list:
-    """The first ``--episodes`` training episodes of ``--clusters``/``--dims`` with the chosen lengths and dfs;
-    with ``--separated`` the first of those whose labels are their points' nearest-mean partition, from a pool of
-    ten times as many."""
-    make = partial(D.make_training_set, root_seed=seed, n_clusters=[args.clusters], dims=[args.dims],
-                   dfs=tuple(args.train_dfs or D.TRAIN_DFS),
-                   length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE))
-    if not args.separated:
-        return make(args.episodes)
-    pool = make(args.episodes * 10)
-    kept = [ep for ep in pool if D.nearest_mean_agreement(ep) == 1.0][:args.episodes]
-    if len(kept) < args.episodes:
-        raise SystemExit(f"--episodes={args.episodes} --separated: only {len(kept)} of {len(pool)} training episodes "
-                         f"are well separated; lower --episodes or widen --train-dfs")
-    return kept
+    """The first ``--episodes`` training episodes of ``--clusters``/``--dims`` with the chosen lengths and dfs
+    (:func:`icc_utils.data.one_setting_training_set`, as notebook 04's curriculum stages draw them)."""
+    try:
+        return D.one_setting_training_set(args.episodes, seed, args.clusters, args.dims,
+                                          dfs=tuple(args.train_dfs or D.TRAIN_DFS),
+                                          length_range=tuple(args.train_points or D.DEFAULT_LENGTH_RANGE),
+                                          separated=args.separated)
+    except ValueError as err:
+        raise SystemExit(f"--episodes={args.episodes} --separated: {err}") from None
 
 
 def main(argv=None) -> None:
@@ -114,12 +109,18 @@ def main(argv=None) -> None:
                     help="label rule of training and validation episodes (not clusters: a control; needs --clusters)")
     ap.add_argument("--recipe", default="default", choices=RECIPES,
                     help="the default profile's recipe, or it with one lever of finetune_levers.py changed")
+    ap.add_argument("--seed", type=int, help="root seed of the training episodes (with --clusters) and of the LoRA "
+                    "initialisation and data order (default: the profile's, 0); the validation episodes keep the "
+                    "profile's seed, so runs with other seeds are scored on the same episodes")
     ap.add_argument("--curve-only", action="store_true",
                     help="do not train: rebuild budget_curve.csv/png from the run's evaluations so far (a run stopped early)")
     args = ap.parse_args(argv)
     for name in ("episodes", "eval_every_steps", "eval_n"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed; it must be >= 1")
+    if args.seed is not None and (args.seed < 0 or args.clusters is None):
+        raise SystemExit(f"--seed={args.seed} is not allowed; it must be >= 0 and needs --clusters and --dims "
+                         "(notebook 00's split has the profile's seed)")
     if (args.clusters is None) != (args.dims is None):
         raise SystemExit("--clusters and --dims go together: give both (one setting) or neither (notebook 00's split)")
     if args.clusters is not None and not (2 <= args.clusters <= 10 and 1 <= args.dims <= 16):
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--labels={args.labels} needs --clusters and --dims (a control on one setting)")
 
     params = load_profile("default")
-    config = F.config_from_params({**params, "ft_max_train_minutes": args.minutes}, params["model"], params["seed"])
+    seed = params["seed"] if args.seed is None else args.seed   # training episodes and initialisation, not validation
+    config = F.config_from_params({**params, "ft_max_train_minutes": args.minutes}, params["model"], seed)
     spec = ARMS[args.recipe]
     config = F.FinetuneConfig.from_dict({**config.to_dict(), **spec.overrides})
     if args.clusters is None:
@@ -148,7 +150,7 @@ def main(argv=None) -> None:
         train_episodes = F.training_episodes("default", args.episodes)
     else:
         c, d = args.clusters, args.dims
-        train_episodes = one_setting_training_set(args, params["seed"])
+        train_episodes = one_setting_training_set(args, seed)
     val = D.validation_episodes(params["seed"], c, d, args.eval_dfs, args.eval_n)
     train_episodes = [D.rule_labelled(ep, args.labels) for ep in train_episodes]
     val = [D.rule_labelled(ep, args.labels) for ep in val]
