@@ -74,3 +74,38 @@ def test_bad_parameter_names_itself(tmp_path):
     with pytest.raises(Exception) as err:
         run_notebooks(PROFILE, only=["04"], overrides={"ft_lora_r": 0}, progress_bar=False, results_root=tmp_path)
     assert "lora_r" in str(err.value)
+
+
+SMOKE_CURRICULUM = [
+    {"name": "easy", "n_clusters": 2, "dim": 1, "n_episodes": 4, "points": [4, 8], "dfs": [100], "separated": True},
+    {"name": "hard", "n_clusters": 3, "dim": 3, "n_episodes": 4, "points": [6, 12]},
+]
+
+
+@pytest.fixture(scope="module")
+def curriculum_run(smoke_run):
+    """Notebook 04 with a two-stage ``ft_curriculum``, after the tests above: it replaces ``results/smoke/04``."""
+    shutil.rmtree(RES, ignore_errors=True)
+    return run_notebooks(PROFILE, only=["04"], overrides={"ft_curriculum": SMOKE_CURRICULUM, "rerun_attention": False},
+                         progress_bar=False)
+
+
+def test_curriculum_trains_its_stages_in_order(curriculum_run):
+    import hashlib
+
+    first, last = RES / "adapter_stages" / "1-easy", RES / "adapter"
+    m1 = json.loads((first / "train_config.json").read_text())
+    m2 = json.loads((last / "train_config.json").read_text())
+    assert m1["finished"] and m1["n_episodes"] == 4 and "init_adapter" not in m1
+    assert m2["finished"] and m2["n_episodes"] == 4 and m2["init_adapter"] == {
+        "path": str(first.resolve()), "sha256": hashlib.sha256((first / "adapter_model.safetensors").read_bytes()).hexdigest()}
+    assert m1["data_sha256"] != m2["data_sha256"]
+    curve = pd.read_csv(RES / "learning_curve.csv")
+    assert curve["stage"].iloc[0] == "easy" and curve["stage"].iloc[-1] == "hard"
+    assert curve["episodes_seen"].iloc[0] == 0 and curve["episodes_seen"].iloc[-1] == 8
+    assert curve["episodes_seen"].is_monotonic_increasing and curve["accuracy"].between(0, 1).all()
+    assert "finetuned" in set(pd.read_csv(RES / "table1_summary.csv")["method"])
+    assert (RES / "adapter_aug_stages" / "1-easy" / "adapter_model.safetensors").exists()   # smoke: ft_train_aug
+    assert "finetuned-aug" in set(pd.read_csv(RES / "table5_episodes.csv")["method"])
+    executed = (RESULTS_DIR / PROFILE / "04_lora_finetune_numeric.ipynb").read_text()
+    assert "a curriculum of: easy (4 of 4 episodes); hard (4 of 4 episodes)" in executed
