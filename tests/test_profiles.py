@@ -242,3 +242,38 @@ def test_ft_bf16_auto_follows_the_machine(monkeypatch):
         assert cfg.bf16 is native and cfg.weights_dtype == ("bfloat16" if native else "float32")
         assert cfg.kernels == params["ft_kernels"] == "auto"
         assert cfg.resolved_kernels(cuda=False) == ("blocked" if native else "torch")
+
+
+# ---------------------------------------------------------------- the curriculum profile
+
+#: The published runs that the curriculum profile's stages repeat, in order (README, Limitations).
+CURRICULUM_RUNS = ("c2d1-separated-short-updates", "c2d1-separated-curriculum", "c3d3-curriculum-s1",
+                   "c3d3-curriculum-s2", "c3d3-curriculum-s3")
+#: The recipe fields that change the trained weights and do not depend on the machine (bf16 and kernels do).
+RECIPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "lr_schedule",
+                 "warmup_ratio", "per_device_batch_size", "gradient_accumulation_steps", "n_epochs", "n_permutations",
+                 "seed")
+
+
+def test_curriculum_profile_is_the_default_profile_but_for_notebook_04s_training():
+    default, curriculum = load_profile("default"), load_profile("curriculum")
+    differ = sorted(k for k in default.keys() | curriculum.keys() if default.get(k) != curriculum.get(k))
+    assert differ == ["ft_curriculum", "ft_curve_every_steps", "ft_curve_n_per_df", "ft_gradient_accumulation_steps",
+                      "ft_learning_rate", "ft_max_train_minutes", "ft_save_steps", "ft_target_modules", "profile"]
+
+
+def test_curriculum_profile_repeats_the_published_stages():
+    """Each stage draws the training episodes of the published run it repeats (same sha256), with its recipe."""
+    import json
+
+    from icc_utils import RESULTS_DIR
+    from icc_utils import finetune as F
+
+    params = load_profile("curriculum")
+    stages = F.curriculum_from_params(params["ft_curriculum"])
+    config = F.config_from_params(params, params["model"], params["seed"]).to_dict()
+    assert len(stages) == len(CURRICULUM_RUNS)
+    for stage, run in zip(stages, CURRICULUM_RUNS):
+        meta = json.loads((RESULTS_DIR / run / "adapter" / "train_config.json").read_text())
+        assert F.data_sha256(stage.episodes(params["seed"])) == meta["data_sha256"], stage.name
+        assert {k: config[k] for k in RECIPE_FIELDS} == {k: meta["config"][k] for k in RECIPE_FIELDS}, stage.name
