@@ -1,0 +1,13 @@
+#!/bin/bash
+# A half-length curriculum (the five stages of README Limitations at about half their episodes), to see whether it fits 45 min.
+set -e
+cd /work/main
+B=".venv/bin/python benchmarks/finetune_budget.py --recipe updates --eval-dfs 1 100 --minutes 40"
+R=results/curriculum-half   # ran as results/cur45 (renamed after; train_config.json keeps the old paths)
+$B --clusters 2 --dims 1 --train-points 4 12 --train-dfs 100 --separated --episodes 1200 --eval-every-steps 1200 --out $R/s1 > $R/s1.log 2>&1
+$B --clusters 2 --dims 1 --train-dfs 100 --separated --episodes 600 --eval-every-steps 600 --init-adapter $R/s1/adapter --out $R/s2 > $R/s2.log 2>&1
+# stopped here, after stage 2 (README, Limitations):
+$B --clusters 3 --dims 3 --train-points 6 15 --train-dfs 100 --separated --episodes 600 --eval-every-steps 600 --init-adapter $R/s2/adapter --out $R/s3 > $R/s3.log 2>&1
+$B --clusters 3 --dims 3 --train-dfs 100 --separated --episodes 400 --eval-every-steps 400 --init-adapter $R/s3/adapter --out $R/s4 > $R/s4.log 2>&1
+$B --clusters 3 --dims 3 --episodes 300 --eval-every-steps 150 --init-adapter $R/s4/adapter --out $R/s5 > $R/s5.log 2>&1
+echo done > $R/DONE
