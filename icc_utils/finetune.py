@@ -15,6 +15,8 @@ The pieces, in the order they run:
   prompt position).
 * :func:`train` wraps it all in a transformers ``Trainer`` (CPU, one GPU, or several with
   ``accelerate launch``), checkpoints, resumes, and writes a standard PEFT adapter.
+* :func:`train_curriculum` runs :func:`train` once per :class:`CurriculumStage` (notebook 04's
+  ``ft_curriculum``), each stage starting from the previous stage's adapter, under one time budget.
 
 Files written under ``output_dir``: ``adapter_config.json`` + ``adapter_model.safetensors``
 (``PeftModel.from_pretrained(base, output_dir)``), the tokenizer, ``train_config.json``,
