@@ -709,11 +709,6 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
 # ---------------------------------------------------------------- curriculum: stages of train()
 
-#: Keys of one curriculum stage (notebook 04's ``ft_curriculum`` items) and their defaults (None: required).
-STAGE_KEYS = {"name": None, "n_clusters": None, "dim": None, "n_episodes": None,
-              "points": list(DEFAULT_LENGTH_RANGE), "dfs": list(TRAIN_DFS), "separated": False}
-
-
 @dataclass(frozen=True)
 class CurriculumStage:
     """One stage of a curriculum: ``n_episodes`` training episodes of one setting (c, d), with ``points``
@@ -767,6 +762,10 @@ class CurriculumStage:
 
         return one_setting_training_set(self.n_episodes, seed, self.n_clusters, self.dim, dfs=self.dfs,
                                         length_range=self.points, separated=self.separated)
+
+
+#: Keys of one curriculum stage (notebook 04's ``ft_curriculum`` items) and their defaults (None: required).
+STAGE_KEYS = {f.name: None if f.default is MISSING else f.default for f in fields(CurriculumStage)}
 
 
 def curriculum_from_params(stages: Sequence, name: str = "ft_curriculum") -> list[CurriculumStage]:
