@@ -490,14 +490,31 @@ def _make_trainer_class():
     return AnswerOnlyTrainer
 
 
-def _make_callback(output_dir: Path, cfg: FinetuneConfig, world_size: int, n_examples: int, start_offset_s: float,
+def _per_step(config: FinetuneConfig) -> int:
+    """Training examples per optimiser step, over every process (``WORLD_SIZE``: set by accelerate launch / torchrun)."""
+    return config.effective_batch_size * max(1, int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def _n_epochs(config: FinetuneConfig, n_items: int) -> int:
+    """Passes over ``n_items`` examples: ``config.n_epochs``, or as many as ``config.max_steps`` needs."""
+    if config.max_steps is None:
+        return config.n_epochs
+    return max(1, math.ceil(config.max_steps * _per_step(config) / n_items))
+
+
+def _planned_steps(config: FinetuneConfig, n_items: int) -> int:
+    """Optimiser steps of a run on ``n_items`` examples (episodes x permutations) of the text dataset."""
+    return config.max_steps or math.ceil(n_items * _n_epochs(config, n_items) / _per_step(config))
+
+
+def _make_callback(output_dir: Path, cfg: FinetuneConfig, n_examples: int, start_offset_s: float,
                    rows: list, eval_rows: list, on_eval, eval_every_steps, tokenizer):
     """Loss-curve writer, wall-clock budget, and the ``on_eval`` hook, as one TrainerCallback."""
     import pandas as pd
     import torch
     from transformers import TrainerCallback
 
-    per_step = cfg.effective_batch_size * world_size
+    per_step = _per_step(cfg)
 
     def seen(state) -> int:
         return min(state.global_step * per_step, n_examples)
@@ -645,10 +662,8 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     # ---- data and schedule
-    world_size = max(1, int(os.environ.get("WORLD_SIZE", 1)))  # set by accelerate launch / torchrun
-    per_step = config.effective_batch_size * world_size
-    n_items = len(train_episodes) * config.n_permutations
-    n_epochs = config.n_epochs if config.max_steps is None else max(1, math.ceil(config.max_steps * per_step / n_items))
+    per_step = _per_step(config)
+    n_epochs = _n_epochs(config, len(train_episodes) * config.n_permutations)
     dataset = (make_dataset(train_episodes, tok, n_epochs) if make_dataset is not None
                else EpisodeDataset(train_episodes, tok, config.n_permutations, config.seed, n_epochs))
     max_steps = config.max_steps or math.ceil(len(dataset) / per_step)
@@ -681,7 +696,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
 
     write_json(meta_path, {**meta, "finished": False, "global_step": resumed_step, "max_steps": max_steps,
                            "episodes_seen": resumed_step * per_step, "train_seconds": offset})
-    recorder = _make_callback(output_dir, config, world_size, len(dataset), offset, rows, eval_rows, on_eval,
+    recorder = _make_callback(output_dir, config, len(dataset), offset, rows, eval_rows, on_eval,
                               eval_every_steps, tok)
     trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset,
                                     data_collator=lambda ex: (collate_fn or collate)(ex, pad_id),
@@ -817,10 +832,10 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
         budget = config.max_train_seconds
         if budget is not None and budget - spent <= 0:   # nothing left: the later stages do not start
             break
-        n_examples = len(episodes) * config.n_permutations
+        last_step = _planned_steps(config, len(episodes) * config.n_permutations)
 
-        def stage_eval(model, tokenizer, step, seen, k=k, before=before, n_examples=n_examples, name=stage.name):
-            due = (step == 0 and k == 0) or (step > 0 and (step % eval_every_steps == 0 or seen >= n_examples))
+        def stage_eval(model, tokenizer, step, seen, k=k, before=before, last_step=last_step, name=stage.name):
+            due = (step == 0 and k == 0) or (step > 0 and (step % eval_every_steps == 0 or step >= last_step))
             if not due:
                 return None
             row = on_eval(model, tokenizer, step, before + seen)
@@ -835,9 +850,8 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
             break
     last = results[-1]
     finished = len(results) == len(stages) and last.finished
-    per_step = config.effective_batch_size * max(1, int(os.environ.get("WORLD_SIZE", 1)))   # as train() counts
     max_steps = sum(r.max_steps for r in results) + sum(
-        config.max_steps or math.ceil(len(eps) * config.n_permutations / per_step) for eps in stage_episodes[len(results):])
+        _planned_steps(config, len(eps) * config.n_permutations) for eps in stage_episodes[len(results):])
     return TrainResult(last.output_dir, sum(r.global_step for r in results), max_steps,
                        before, finished, all(r.reused for r in results) and finished, spent, last.final_loss,
                        last.model if finished else None, stages=tuple(results))

@@ -426,6 +426,10 @@ def test_train_curriculum_chains_stages_shares_the_budget_and_resumes(tiny_llama
     a, b = adapter_tensors(tmp_path / "a" / "adapter"), adapter_tensors(tmp_path / "b" / "adapter")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7, rtol=0) for k in a)
 
+    # a stage that has not started is planned with its epochs: 2 x 4 episodes / 2 per step = 4 steps each
+    two = train_curriculum(replace(cfg, n_epochs=2, max_train_seconds=1e-3), stages, tmp_path / "c" / "adapter")
+    assert (two.global_step, two.max_steps) == (1, 8)
+
 
 class Killed(RuntimeError):
     pass
