@@ -19,7 +19,8 @@ Printed last: the fraction of the better matmul peak that training achieves.
 Variants: ``fp32``; ``bf16-torch``, bf16 frozen weights with PyTorch's kernels (sdpa, nn.Dropout); ``bf16``, the
 same with ``icc_utils.kernels`` (what ``kernels="auto"`` picks on a CPU); ``autocast``. Measured on the 2-core AMD
 EPYC with avx512_bf16 (2026-12-03, four runs): ``bf16`` 426-618 tokens/s, 1.20-1.42x ``bf16-torch`` and 2.2-2.7x
-``fp32``; fraction 0.385-0.464 of the bf16 peak (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
+``fp32``; fraction 0.385-0.464 of the bf16 peak; 2026-12-04, a slower machine of the same kind: 292 tokens/s,
+0.461 of its 404 GFLOP/s (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
 bf16 is emulated and ~20x slower than fp32; there fp32 is what ``auto`` picks.
 
     python benchmarks/finetune.py [--steps 3] [--warmup 1] [--lora-r 16] [--per-device 1] [--accumulation 8]
