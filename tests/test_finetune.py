@@ -429,6 +429,10 @@ def test_train_curriculum_chains_stages_shares_the_budget_and_resumes(tiny_llama
     # a stage that has not started is planned with its epochs: 2 x 4 episodes / 2 per step = 4 steps each
     two = train_curriculum(replace(cfg, n_epochs=2, max_train_seconds=1e-3), stages, tmp_path / "c" / "adapter")
     assert (two.global_step, two.max_steps) == (1, 8)
+    # and evaluated at its last step only, not at every step after its first epoch
+    seen.clear()
+    train_curriculum(replace(cfg, n_epochs=2), stages, tmp_path / "d" / "adapter", on_eval=on_eval, eval_every_steps=100)
+    assert seen == [(0, 0), (4, 8), (4, 16)]
 
 
 class Killed(RuntimeError):
