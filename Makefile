@@ -35,13 +35,16 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py
 
 # Stage a finished run's readable outputs for a commit (results/ is ignored): executed notebooks, figures, tables,
-# reports, RUNINFO and notebook 04's PEFT adapter (7 MB; it loads on the embedded model alone). Never replies,
-# checkpoints, towers, tokenizer copies, or the image adapters (they need the tower weights, which are not published).
+# reports, RUNINFO and notebook 04's PEFT adapter (7 MB; it loads on the embedded model alone; the curriculum's
+# all-linear adapter, about 20 MB, is over the 10 MB limit) with its earlier curriculum stages' curves and configs
+# (04/adapter_stages/, not their weights). Never replies, checkpoints, towers, tokenizer copies, or the image adapters
+# (they need the tower weights, which are not published).
 publish:
 	@test -f results/$(PROFILE)/RUNINFO.json || { echo "results/$(PROFILE)/RUNINFO.json missing: run make reproduce PROFILE=$(PROFILE) first"; exit 1; }
 	find results/$(PROFILE) -type f -size -10M \( -name '*.ipynb' -o -name '*.png' -o -name '*.csv' -o -name '*.md' \
 	    -o -name '*.json' -o -name '*.npz' -o -path '*/04/adapter/adapter_model.safetensors' \) \
-	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' -not -path '*/adapter_*/*' \
+	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' \
+	  \( -not -path '*/adapter_*/*' -o -path '*/04/adapter_stages/*' \) \
 	  -not -name 'tokenizer*.json' -not -name 'special_tokens_map.json' -not -name 'vocab.json' -print0 \
 	  | xargs -0 git add -f
 	git status --short results/$(PROFILE) | wc -l

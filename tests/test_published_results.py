@@ -137,3 +137,72 @@ def test_rescore_reproduces_the_training_runs_own_last_evaluation():
         assert rescored.loc["s3-torch", col] == pytest.approx(own[col], abs=1e-6), col
     blocked = json.loads((root / "c3d3-curriculum-s3-blocked" / "adapter" / "train_config.json").read_text())
     assert blocked["kernels"] == "blocked" and blocked["finished"]
+
+
+# ---------------------------------------------------------------- the curriculum run (results/curriculum/)
+
+CURRICULUM = PROJECT_ROOT / "results" / "curriculum"
+#: Published when its RUNINFO is committed (``make publish PROFILE=curriculum``); until then these checks skip.
+CURRICULUM_PUBLISHED = "results/curriculum/RUNINFO.json" in subprocess.run(
+    ["git", "ls-files", "results/curriculum/RUNINFO.json"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+curriculum_published = pytest.mark.skipif(not CURRICULUM_PUBLISHED, reason="results/curriculum/ is not published: "
+                                          "python -m icc_utils.run --profile curriculum --only 00 04, then "
+                                          "make publish PROFILE=curriculum")
+
+
+@curriculum_published
+def test_curriculum_runinfo_records_one_clean_run_of_its_profile():
+    """Notebooks 00 and 04 ran with status ok, on one commit, from a clean tree, with the curriculum profile's
+    parameters and no overrides."""
+    from icc_utils.profiles import load_profile
+
+    info = json.loads((CURRICULUM / "RUNINFO.json").read_text())
+    assert info["profile"] == "curriculum" and info["status"] == "ok"
+    assert info["commit"] and info["dirty"] is False and not info.get("overrides")
+    assert sorted(info["notebooks"]) == ["00_data.ipynb", "04_lora_finetune_numeric.ipynb"]
+    profile = load_profile("curriculum")
+    for name, entry in info["notebooks"].items():
+        assert entry["status"] == "ok" and entry["commit"] == info["commit"] and entry["dirty"] is False, name
+        assert (CURRICULUM / name).is_file(), f"executed notebook {name} is not published"
+        assert {k: profile[k] for k in entry["parameters"]} == entry["parameters"], name
+    assert info["notebooks"]["04_lora_finetune_numeric.ipynb"]["parameters"]["ft_curriculum"] == profile["ft_curriculum"]
+
+
+@curriculum_published
+def test_curriculum_run_trained_the_published_stages_to_the_end():
+    """Every stage finished, one optimiser step per training episode, on the training episodes of the published
+    benchmark run it repeats (same sha256; tests/test_profiles.py checks the profile draws them)."""
+    from test_profiles import CURRICULUM_RUNS
+
+    from icc_utils import finetune as F
+    from icc_utils.profiles import load_profile
+
+    stages = F.curriculum_from_params(load_profile("curriculum")["ft_curriculum"])
+    dirs = F.stage_dirs(stages, CURRICULUM / "04" / "adapter")
+    for stage, out, run in zip(stages, dirs, CURRICULUM_RUNS, strict=True):
+        meta = json.loads((out / "train_config.json").read_text())
+        bench = json.loads((PROJECT_ROOT / "results" / run / "adapter" / "train_config.json").read_text())
+        assert meta["finished"] and meta["data_sha256"] == bench["data_sha256"], stage.name
+        assert meta["global_step"] == meta["n_episodes"] == stage.n_episodes, stage.name
+        assert (out / "eval_curve.csv").is_file() and (out / "loss_curve.csv").is_file(), stage.name
+
+
+@curriculum_published
+def test_curriculum_table1_scores_the_default_runs_test_episodes():
+    """The curriculum's Table 1 is scored on the published default run's test episodes (15 per df, none dropped):
+    the reference rows agree episode by episode, and target_check.csv's df-1 margin is read off its own table."""
+    import pandas as pd
+
+    ours = pd.read_csv(CURRICULUM / "04" / "table1_episodes.csv")
+    default = pd.read_csv(PUBLISHED / "04" / "table1_episodes.csv")
+    for method in ("kmeans", "one label for every point"):
+        a = ours[ours["method"] == method][["episode_id", "df", "accuracy"]].reset_index(drop=True)
+        b = default[default["method"] == method][["episode_id", "df", "accuracy"]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
+    tuned = ours[ours["method"] == "finetuned"]
+    assert sorted(tuned["episode_id"]) == sorted(default[default["method"] == "kmeans"]["episode_id"])
+    summary = pd.read_csv(CURRICULUM / "04" / "table1_summary.csv").set_index(["method", "df"])
+    margin = summary.loc[("finetuned", 1.0), "accuracy"] - summary.loc[("kmeans", 1.0), "accuracy"]
+    check = pd.read_csv(CURRICULUM / "04" / "target_check.csv").set_index("target")
+    assert check.loc["fine-tuned beats k-means at df=1", "ours"] == pytest.approx(margin, abs=1e-6)
+    assert bool(check.loc["fine-tuned beats k-means at df=1", "met"]) == (margin > 0)
