@@ -20,7 +20,8 @@ Variants: ``fp32``; ``bf16-torch``, bf16 frozen weights with PyTorch's kernels (
 same with ``icc_utils.kernels`` (what ``kernels="auto"`` picks on a CPU); ``autocast``. Measured on the 2-core AMD
 EPYC with avx512_bf16 (2026-12-03, four runs): ``bf16`` 426-618 tokens/s, 1.20-1.42x ``bf16-torch`` and 2.2-2.7x
 ``fp32``; fraction 0.385-0.464 of the bf16 peak; 2026-12-04, a slower machine of the same kind: 292 tokens/s,
-0.461 of its 404 GFLOP/s (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
+0.461 of its 404 GFLOP/s; the evening of 2026-12-04, a third machine (bf16 peak 410-430): 342-394 tokens/s,
+0.517-0.586 in six runs (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
 bf16 is emulated and ~20x slower than fp32; there fp32 is what ``auto`` picks.
 
     python benchmarks/finetune.py [--steps 3] [--warmup 1] [--lora-r 16] [--per-device 1] [--accumulation 8]

@@ -164,3 +164,54 @@ def test_evaluation_is_the_same_whichever_kernels_trained(tiny_llama_dir):
     assert torch.equal(a, b)
     a, b = (m.train()(input_ids=ids).logits for m in models)
     assert not torch.equal(a, b) and (a.float() - b.float()).abs().mean() < 0.05
+
+
+def test_fast_dropout_is_exactly_x_times_keep_times_scale_in_values_and_gradients():
+    """The fused mask-and-scale gives the numbers of the plain product it replaced, with the same draws."""
+    d = FastDropout(0.05).train()
+    x = torch.randn(64, 256, 129, dtype=torch.bfloat16, requires_grad=True)   # ~32 draws on the threshold itself
+    g = torch.randn(64, 256, 129, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    y = d(x)
+    y.backward(g)
+    torch.manual_seed(3)
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
+    keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= d.threshold
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = x2 * keep * (1.0 / d.keep)
+    ref.backward(g)
+    assert 0 < keep.logical_not().sum() < x.numel()
+    assert torch.equal(y, ref) and torch.equal(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("alpha", [8, 6])   # scaling 2 (the rank-r product is scaled) and 1.5 (PEFT's own forward)
+def test_lora_training_forward_gives_pefts_numbers_exactly(tiny_llama_dir, alpha):
+    """bf16 base, LoRA products in bf16 (InputDtypeLinear): the same logits and gradients as PEFT's forward,
+    bit for bit, in a training step and in evaluation."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(5, 200, (1, 50), generator=torch.Generator().manual_seed(2))
+    outs = []
+    for ours in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=alpha, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"]))
+        for n, p in model.named_parameters():            # non-zero B, so the LoRA branch counts
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(len(n)))
+        assert use_blocked_kernels(model) == 2 * 2
+        model.config._attn_implementation = "sdpa"
+        if not ours:                                     # only the LoRA layers' forward differs between the runs
+            assert sum(m.__dict__.pop("forward", None) is not None for m in model.modules()) == 2 * 2
+        logits = model.train()(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        with torch.no_grad():
+            evaluated = model.eval()(input_ids=ids).logits
+        outs.append((logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                     evaluated))
+    (l0, g0, e0), (l1, g1, e1) = outs
+    assert torch.equal(l0, l1) and torch.equal(e0, e1)
+    assert g0.keys() == g1.keys() and len(g0) == 2 * 2 * 2
+    assert all(torch.equal(g0[n], g1[n]) for n in g0)
