@@ -63,13 +63,13 @@ def test_attention_forward_falls_back_to_sdpa_with_a_padding_mask():
     assert torch.allclose(ours, ref)
 
 
-def _peft_llama(path, dropout):
+def _peft_llama(path, dropout, dtype=torch.float32, alpha=8):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=dropout,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
 
 
@@ -188,23 +188,17 @@ def test_fast_dropout_is_exactly_x_times_keep_times_scale_in_values_and_gradient
 def test_lora_training_forward_gives_pefts_numbers_exactly(tiny_llama_dir, alpha):
     """bf16 base, LoRA products in bf16 (InputDtypeLinear): the same logits and gradients as PEFT's forward,
     bit for bit, in a training step and in evaluation."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     ids = torch.randint(5, 200, (1, 50), generator=torch.Generator().manual_seed(2))
     outs = []
     for ours in (False, True):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=alpha, lora_dropout=0.0,
-                                                 target_modules=["q_proj", "v_proj"]))
+        model = _peft_llama(tiny_llama_dir, dropout=0.0, dtype=torch.bfloat16, alpha=alpha)
         for n, p in model.named_parameters():            # non-zero B, so the LoRA branch counts
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(len(n)))
-        assert use_blocked_kernels(model) == 2 * 2
+        assert use_blocked_kernels(model) == 4 * 2
         model.config._attn_implementation = "sdpa"
         if not ours:                                     # only the LoRA layers' forward differs between the runs
-            assert sum(m.__dict__.pop("forward", None) is not None for m in model.modules()) == 2 * 2
+            assert sum(m.__dict__.pop("forward", None) is not None for m in model.modules()) == 4 * 2
         logits = model.train()(input_ids=ids).logits
         logits.float().square().mean().backward()
         with torch.no_grad():
@@ -213,5 +207,5 @@ def test_lora_training_forward_gives_pefts_numbers_exactly(tiny_llama_dir, alpha
                      evaluated))
     (l0, g0, e0), (l1, g1, e1) = outs
     assert torch.equal(l0, l1) and torch.equal(e0, e1)
-    assert g0.keys() == g1.keys() and len(g0) == 2 * 2 * 2
+    assert g0.keys() == g1.keys() and len(g0) == 2 * 4 * 2
     assert all(torch.equal(g0[n], g1[n]) for n in g0)
