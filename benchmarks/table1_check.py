@@ -13,6 +13,8 @@ per adapter: its accuracy at df=1 against k-means' (the target) and its mean ove
 
     python benchmarks/table1_check.py --adapter c3d3-s3=results/c3d3-curriculum-s3/adapter \\
         --out results/c3d3-curriculum-s3/table1
+    python benchmarks/table1_check.py --adapter curriculum=results/curriculum/04/adapter --n-per-df 30 \\
+        --out results/curriculum-table1-n30
 """
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ from icc_utils.models import get_backend  # noqa: E402
 from pairing_probe import parse_adapters  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
-def table1_episodes(params: dict, dfs: list[float] | None = None) -> list:
-    """Notebook 04's Table 1 episodes of the default profile (the first ``t1_n_per_cell`` of each notebook-00 cell)."""
+def table1_episodes(params: dict, dfs: list[float] | None = None, n_per_df: int | None = None) -> list:
+    """Notebook 04's Table 1 episodes of the default profile: the first ``n_per_df`` (default ``t1_n_per_cell``) of
+    each notebook-00 cell, so a larger ``n_per_df`` adds the cell's later test episodes to the notebook's."""
     dfs = [float(x) for x in (dfs or params["t1_dfs"])]
     grid = D.make_grid("t", [params["t1_n_clusters"]], [params["t1_dim"]], dfs, params["test_n_per_cell"],
                        params["seed"], "test", tuple(params["length_range"]))
     return D.select(grid, distribution="t", n_clusters=params["t1_n_clusters"], dim=params["t1_dim"], df=dfs,
-                    n_per_cell=params["t1_n_per_cell"])
+                    n_per_cell=n_per_df or params["t1_n_per_cell"])
 
 
 def main(argv=None) -> None:
@@ -47,14 +50,19 @@ def main(argv=None) -> None:
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", required=True,
                     help="an adapter to score (repeatable)")
     ap.add_argument("--dfs", type=float, nargs="+", help="Table 1's dfs to score (default: all of t1_dfs)")
+    ap.add_argument("--n-per-df", type=int, help="test episodes per df (default: the profile's t1_n_per_cell, as in "
+                    "notebook 04; at most test_n_per_cell, all notebook 00 generates)")
     ap.add_argument("--out", required=True, help="output folder")
     args = ap.parse_args(argv)
     params = P.load_profile("default")
     for df in args.dfs or []:
         if df not in [float(x) for x in params["t1_dfs"]]:
             raise SystemExit(f"--dfs: {df:g} is not allowed; Table 1's dfs are {params['t1_dfs']}")
+    if args.n_per_df is not None and not 1 <= args.n_per_df <= params["test_n_per_cell"]:
+        raise SystemExit(f"--n-per-df: {args.n_per_df} is not allowed; it must be between 1 and test_n_per_cell "
+                         f"({params['test_n_per_cell']})")
     adapters = parse_adapters(args.adapter)[1:]   # the pretrained model's Table 1 is notebook 04's zero-shot row
-    episodes = table1_episodes(params, args.dfs)
+    episodes = table1_episodes(params, args.dfs, args.n_per_df)
     out = Path(args.out)
     path = out / "table1_episodes.csv"
     if not path.exists():

@@ -137,6 +137,28 @@ def test_table1_check_scores_the_episodes_notebook_04_scored():
     assert ours["accuracy"].round(6).tolist() == published_km["accuracy"].round(6).tolist()
 
 
+def test_table1_check_n_per_df_extends_the_notebooks_episodes():
+    """``--n-per-df 30`` scores notebook 04's 15 test episodes per df and the cell's next 15, none twice; more than
+    notebook 00 generates is refused, naming the option."""
+    import sys
+    from collections import Counter
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from table1_check import main, table1_episodes
+
+    from icc_utils.profiles import load_profile
+
+    params = load_profile("default")
+    notebook, extended = table1_episodes(params, [1.0, 100.0]), table1_episodes(params, [1.0, 100.0], 30)
+    assert Counter(e.params["df"] for e in extended) == {1.0: 30, 100.0: 30}
+    assert len({e.seed for e in extended}) == 60
+    for df in (1.0, 100.0):
+        ours = [e.id for e in extended if e.params["df"] == df]
+        assert ours[:15] == [e.id for e in notebook if e.params["df"] == df]
+    with pytest.raises(SystemExit, match="--n-per-df: 31 is not allowed"):
+        main(["--adapter", "x=y", "--n-per-df", "31", "--out", "unused"])
+
+
 def test_rescore_reproduces_the_training_runs_own_last_evaluation():
     """``benchmarks/rescore_validation.py`` loaded stage 3's adapter (trained with PyTorch's kernels) and scored it
     exactly as that run's learning curve did at its last step: the kernels comparison is on equal terms."""
