@@ -235,3 +235,32 @@ def test_curriculum_table1_scores_the_default_runs_test_episodes():
     check = pd.read_csv(CURRICULUM / "04" / "target_check.csv").set_index("target")
     assert check.loc["fine-tuned beats k-means at df=1", "ours"] == pytest.approx(margin, abs=1e-6)
     assert bool(check.loc["fine-tuned beats k-means at df=1", "met"]) == (margin > 0)
+
+
+@curriculum_published
+def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
+    """results/curriculum-table1-n30 scores the curriculum's adapter on all 30 Table 1 test episodes per df: the
+    notebook's 15 and the next 15, each once, with k-means on the same episodes; its summary is read off its rows."""
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from table1_check import table1_episodes
+
+    from icc_utils.metrics import summarize
+    from icc_utils.profiles import load_profile
+
+    out = PROJECT_ROOT / "results" / "curriculum-table1-n30"
+    rows = pd.read_csv(out / "table1_episodes.csv")
+    expected = sorted(e.id for e in table1_episodes(load_profile("default"), n_per_df=30))
+    for model in ("curriculum", "kmeans", "one label"):
+        assert sorted(rows[rows["model"] == model]["episode_id"]) == expected, model
+    notebook = pd.read_csv(CURRICULUM / "04" / "table1_episodes.csv")
+    km = notebook[notebook["method"] == "kmeans"].set_index("episode_id")["accuracy"]
+    ours = rows[rows["model"] == "kmeans"].set_index("episode_id")["accuracy"]
+    pd.testing.assert_series_equal(ours.loc[km.index], km, check_exact=False, rtol=1e-9)
+    summary = pd.read_csv(out / "table1_summary.csv").set_index(["model", "df"])
+    ours = summarize(rows, ["model", "method", "df"], metrics=("accuracy",)).set_index(["model", "df"])
+    assert summary.loc["curriculum", "accuracy"].round(6).tolist() == \
+        ours.loc["curriculum", "accuracy"].round(6).tolist()
