@@ -112,16 +112,22 @@ def test_runinfo_records_one_clean_finished_run():
     assert info["total_seconds"] == pytest.approx(sum(e["seconds"] for e in info["notebooks"].values()), rel=0.05)
 
 
+def _table1_check():
+    """``benchmarks/table1_check.py`` as a module (the benchmarks folder is not a package)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    return importlib.import_module("table1_check")
+
+
 @published
 def test_table1_check_scores_the_episodes_notebook_04_scored():
     """benchmarks/table1_check.py regenerates Table 1's test episodes from their seeds: k-means on them must give
     the published notebook-04 k-means row, df by df (same episodes, same order of points)."""
-    import sys
-
     import pandas as pd
 
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from table1_check import table1_episodes
+    table1_episodes = _table1_check().table1_episodes
 
     from icc_utils import evaluate as E
     from icc_utils.metrics import summarize
@@ -140,11 +146,10 @@ def test_table1_check_scores_the_episodes_notebook_04_scored():
 def test_table1_check_n_per_df_extends_the_notebooks_episodes():
     """``--n-per-df 30`` scores notebook 04's 15 test episodes per df and the cell's next 15, none twice; more than
     notebook 00 generates is refused, naming the option."""
-    import sys
     from collections import Counter
 
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from table1_check import main, table1_episodes
+    check = _table1_check()
+    main, table1_episodes = check.main, check.table1_episodes
 
     from icc_utils.profiles import load_profile
 
@@ -241,12 +246,9 @@ def test_curriculum_table1_scores_the_default_runs_test_episodes():
 def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
     """results/curriculum-table1-n30 scores the curriculum's adapter on all 30 Table 1 test episodes per df: the
     notebook's 15 and the next 15, each once, with k-means on the same episodes; its summary is read off its rows."""
-    import sys
-
     import pandas as pd
 
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from table1_check import table1_episodes
+    table1_episodes = _table1_check().table1_episodes
 
     from icc_utils.metrics import summarize
     from icc_utils.profiles import load_profile
