@@ -7,6 +7,7 @@ Checks, without running anything:
   working tree, with the machine and library versions;
 * and one that runs k-means (seconds): ``benchmarks/table1_check.py`` scores the Table 1 episodes notebook 04 scored;
 * the kernels comparison re-scored stage 3 exactly as its own run had.
+* the curriculum's published runs: its profile's stages, its Table 1, the seed-1 replicate's stages.
 """
 from __future__ import annotations
 
@@ -244,8 +245,9 @@ def test_curriculum_table1_scores_the_default_runs_test_episodes():
 
 @curriculum_published
 def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
-    """results/curriculum-table1-n30 scores the curriculum's adapter on all 30 Table 1 test episodes per df: the
-    notebook's 15 and the next 15, each once, with k-means on the same episodes; its summary is read off its rows."""
+    """results/curriculum-table1-n30 scores the curriculum's adapter (and seed 1's, results/curriculum-seed1) on all
+    30 Table 1 test episodes per df: the notebook's 15 and the next 15, each once, with k-means on the same episodes;
+    its summary is read off its rows."""
     import pandas as pd
 
     table1_episodes = _table1_check().table1_episodes
@@ -256,7 +258,8 @@ def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
     out = PROJECT_ROOT / "results" / "curriculum-table1-n30"
     rows = pd.read_csv(out / "table1_episodes.csv")
     expected = sorted(e.id for e in table1_episodes(load_profile("default"), n_per_df=30))
-    for model in ("curriculum", "kmeans", "one label"):
+    assert {"curriculum", "kmeans", "one label"} <= set(rows["model"])
+    for model in rows["model"].unique():
         assert sorted(rows[rows["model"] == model]["episode_id"]) == expected, model
     notebook = pd.read_csv(CURRICULUM / "04" / "table1_episodes.csv")
     km = notebook[notebook["method"] == "kmeans"].set_index("episode_id")["accuracy"]
@@ -264,5 +267,41 @@ def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
     pd.testing.assert_series_equal(ours.loc[km.index], km, check_exact=False, rtol=1e-9)
     summary = pd.read_csv(out / "table1_summary.csv").set_index(["model", "df"])
     ours = summarize(rows, ["model", "method", "df"], metrics=("accuracy",)).set_index(["model", "df"])
-    assert summary.loc["curriculum", "accuracy"].round(6).tolist() == \
-        ours.loc["curriculum", "accuracy"].round(6).tolist()
+    for model in rows["model"].unique():
+        assert summary.loc[model, "accuracy"].round(6).tolist() == ours.loc[model, "accuracy"].round(6).tolist(), model
+
+
+SEED1 = PROJECT_ROOT / "results" / "curriculum-seed1"
+seed1_published = pytest.mark.skipif(not _committed("results/curriculum-seed1/s5/adapter/train_config.json"),
+                                     reason="results/curriculum-seed1/ is not published: "
+                                     "bash results/curriculum-seed1/run.sh, then git add -f its curves")
+
+
+@seed1_published
+def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validation_episodes():
+    """results/curriculum-seed1/s1..s5 trained the curriculum profile's five stages with root seed 1: each stage on
+    the episodes the profile's stage draws with seed 1 (other than seed 0's), with seed 0's recipe but for the seed,
+    from the previous seed-1 stage's adapter, to the end; and validated on seed 0's validation episodes (the
+    baselines' columns agree to the digit)."""
+    import pandas as pd
+    from test_profiles import CURRICULUM_RUNS, RECIPE_FIELDS
+
+    from icc_utils import finetune as F
+    from icc_utils.profiles import load_profile
+
+    stages = F.curriculum_from_params(load_profile("curriculum")["ft_curriculum"])
+    baselines = [c for c in pd.read_csv(SEED1 / "s1" / "budget_curve.csv").columns if c.startswith(("kmeans", "one_"))]
+    for i, (stage, run) in enumerate(zip(stages, CURRICULUM_RUNS, strict=True)):
+        meta = json.loads((SEED1 / f"s{i + 1}" / "adapter" / "train_config.json").read_text())
+        seed0 = json.loads((PROJECT_ROOT / "results" / run / "adapter" / "train_config.json").read_text())
+        assert meta["data_sha256"] == F.data_sha256(stage.episodes(1)) != seed0["data_sha256"], stage.name
+        recipe = {k: meta["config"][k] for k in RECIPE_FIELDS}
+        assert recipe == {k: seed0["config"][k] for k in RECIPE_FIELDS} | {"seed": 1}, stage.name
+        assert meta["finished"] and meta["global_step"] == meta["n_episodes"] == stage.n_episodes, stage.name
+        parent = meta.get("init_adapter")
+        assert (parent is None) if i == 0 else Path(parent["path"]).parts[-2:] == (f"s{i}", "adapter"), stage.name
+        ours = pd.read_csv(SEED1 / f"s{i + 1}" / "budget_curve.csv")
+        theirs = pd.read_csv(PROJECT_ROOT / "results" / run / "budget_curve.csv")
+        pd.testing.assert_frame_equal(ours[baselines].iloc[[-1]].reset_index(drop=True),
+                                      theirs[baselines].iloc[[-1]].reset_index(drop=True), check_exact=False, rtol=1e-9)
+        assert ours["episodes_seen"].iloc[-1] == stage.n_episodes, stage.name
