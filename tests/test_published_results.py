@@ -118,7 +118,9 @@ def _table1_check():
     import importlib
     import sys
 
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    benchmarks = str(PROJECT_ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
     return importlib.import_module("table1_check")
 
 
@@ -293,7 +295,8 @@ def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validati
     baselines = [c for c in pd.read_csv(SEED1 / "s1" / "budget_curve.csv").columns if c.startswith(("kmeans", "one_"))]
     for i, (stage, run) in enumerate(zip(stages, CURRICULUM_RUNS, strict=True)):
         meta = json.loads((SEED1 / f"s{i + 1}" / "adapter" / "train_config.json").read_text())
-        seed0 = json.loads((PROJECT_ROOT / "results" / run / "adapter" / "train_config.json").read_text())
+        seed0_dir = PROJECT_ROOT / "results" / run
+        seed0 = json.loads((seed0_dir / "adapter" / "train_config.json").read_text())
         assert meta["data_sha256"] == F.data_sha256(stage.episodes(1)) != seed0["data_sha256"], stage.name
         recipe = {k: meta["config"][k] for k in RECIPE_FIELDS}
         assert recipe == {k: seed0["config"][k] for k in RECIPE_FIELDS} | {"seed": 1}, stage.name
@@ -301,7 +304,7 @@ def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validati
         parent = meta.get("init_adapter")
         assert (parent is None) if i == 0 else Path(parent["path"]).parts[-2:] == (f"s{i}", "adapter"), stage.name
         ours = pd.read_csv(SEED1 / f"s{i + 1}" / "budget_curve.csv")
-        theirs = pd.read_csv(PROJECT_ROOT / "results" / run / "budget_curve.csv")
+        theirs = pd.read_csv(seed0_dir / "budget_curve.csv")
         pd.testing.assert_frame_equal(ours[baselines].iloc[[-1]].reset_index(drop=True),
                                       theirs[baselines].iloc[[-1]].reset_index(drop=True), check_exact=False, rtol=1e-9)
         assert ours["episodes_seen"].iloc[-1] == stage.n_episodes, stage.name
