@@ -418,12 +418,22 @@ def _checkpoint_step(checkpoint: Path | None) -> int | None:
 
 
 def _adapter_identity(adapter_dir: str | Path) -> dict:
-    """Path and weights' sha256 of a PEFT adapter directory (a clear error when it holds none)."""
+    """The weights' sha256 of a PEFT adapter directory (a clear error when it holds none), and its folder's
+    name for readers; never its path, so that a chain of stages can move to another checkout."""
     path = Path(adapter_dir).expanduser().resolve() / "adapter_model.safetensors"
     if not path.is_file():
         raise ValueError(f"init_adapter={str(adapter_dir)!r} is not allowed; it must be a PEFT adapter directory "
                          f"holding adapter_model.safetensors (the output_dir of an earlier train())")
-    return {"path": str(path.parent), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"name": path.parent.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _portable_adapter_config(adapter_dir: Path, base_model: str) -> None:
+    """PEFT writes the base model's local path into ``adapter_config.json``; name the model instead."""
+    path = adapter_dir / "adapter_config.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+        cfg["base_model_name_or_path"] = base_model
+        write_json(path, cfg)
 
 
 def _load_adapter_weights(model, adapter_dir: str | Path) -> None:
@@ -602,7 +612,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
 
-    from .models import load_model_and_tokenizer, resolve_local_model
+    from .models import load_model_and_tokenizer, model_id
 
     if not isinstance(config, FinetuneConfig):
         raise ValueError(f"config must be a FinetuneConfig, got {type(config).__name__}")
@@ -618,7 +628,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     meta_path = output_dir / "train_config.json"
     meta = {"config": config.to_dict(), "n_episodes": len(train_episodes),
             "n_examples_per_epoch": len(train_episodes) * config.n_permutations,
-            "data_sha256": data_sha256(train_episodes), "base_model": resolve_local_model(config.model),
+            "data_sha256": data_sha256(train_episodes), "base_model": model_id(config.model),
             "kernels": config.resolved_kernels()}
     if lora_overrides:
         meta["lora_overrides"] = dict(lora_overrides)
@@ -628,7 +638,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     old = json.loads(meta_path.read_text()) if meta_path.exists() else None
     same = old is not None and _identity(old["config"]) == _identity(meta["config"]) \
         and old["data_sha256"] == meta["data_sha256"] and old.get("lora_overrides") == meta.get("lora_overrides") \
-        and old.get("init_adapter") == meta.get("init_adapter") and old.get("kernels", "torch") == meta["kernels"]
+        and (old.get("init_adapter") or {}).get("sha256") == (meta.get("init_adapter") or {}).get("sha256") and old.get("kernels", "torch") == meta["kernels"]
     if resume and same and old.get("finished") and (output_dir / "adapter_model.safetensors").exists() \
             and _checkpoint_step(_last_checkpoint(ckpt_dir)) == old["global_step"]:
         return TrainResult(output_dir, old["global_step"], old["max_steps"], old["episodes_seen"], True, True,
@@ -709,6 +719,7 @@ def train(config: FinetuneConfig, train_episodes: Sequence[Episode], output_dir:
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(output_dir)
         tok.save_pretrained(output_dir)
+        _portable_adapter_config(output_dir, model_id(config.model))
         if rows:
             plot_loss_curve(pd.DataFrame(rows), output_dir / "loss_curve.png")
         final_loss = float(rows[-1]["loss"]) if rows else None
@@ -1143,15 +1154,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--augmented", action="store_true", help="train the finetuned-aug adapter (Table 5)")
+    ap.add_argument("--seed", type=int, default=None, help="root seed of the training data and LoRA (default: the profile's)")
+    ap.add_argument("--out", default=None, help="adapter folder (default: results/<profile>/04/adapter)")
     args = ap.parse_args(argv)
     params = load_profile(args.profile)
-    config = config_from_params(params, params["model"], params["seed"])
+    seed = params["seed"] if args.seed is None else args.seed
+    config = config_from_params(params, params["model"], seed)
     stages = curriculum_from_params(params.get("ft_curriculum", []))
     name = "adapter"
     if args.augmented:
         config = FinetuneConfig(**{**config.to_dict(), "n_permutations": params["ft_aug_permutations"]})
         name = "adapter_aug"
-    out = results_dir(args.profile, "04") / name
+    out = Path(args.out) if args.out else results_dir(args.profile, "04") / name
     if stages:   # the curriculum replaces notebook 00's training split
         result = train_curriculum(config, stages, out)
     else:

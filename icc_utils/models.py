@@ -135,6 +135,15 @@ def resolve_local_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
 
 
+def model_id(name: str) -> str:
+    """The portable name of a local model for configs: the hub id of the embedded model, a hub id as
+    given, and only the folder's name for a directory (never a path on this machine)."""
+    if name in EMBEDDED_ALIASES:
+        return EMBEDDED_ALIASES[-1]
+    path = Path(name).expanduser()
+    return path.name if path.is_dir() else name
+
+
 class ModelUnavailableError(RuntimeError):
     """A hub model that cannot be loaded here (offline, gated, or not downloaded)."""
 

@@ -1,6 +1,7 @@
 """LoRA fine-tuning (icc_utils.finetune): answer-only labels, answer-only loss, training, adapters, resume."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -349,7 +350,8 @@ def test_init_adapter_starts_the_next_stage_from_an_earlier_adapter(tiny_llama_d
         fixed_batch_loss(m, t, eps)) if s == 0 else None, eval_every_steps=2)
     assert fresh[0] != pytest.approx(end_of_first, abs=1e-3)      # without it, step 0 is the fresh LoRA
     meta = json.loads((tmp_path / "stage2" / "train_config.json").read_text())
-    assert meta["init_adapter"]["path"] == str((tmp_path / "stage1").resolve()) and second.finished
+    assert meta["init_adapter"] == {"name": "stage1", "sha256": hashlib.sha256(
+        (tmp_path / "stage1" / "adapter_model.safetensors").read_bytes()).hexdigest()} and second.finished
     assert train(second_cfg, episodes(4, seed=12), tmp_path / "stage2", init_adapter=tmp_path / "stage1").reused
     with pytest.raises(ValueError, match="different config or training data"):
         train(second_cfg, episodes(4, seed=12), tmp_path / "stage2")             # same dir, no starting adapter
@@ -412,7 +414,7 @@ def test_train_curriculum_chains_stages_shares_the_budget_and_resumes(tiny_llama
     assert seen == [(0, 0), (1, 2), (2, 4), (1, 6), (2, 8)]
     first = tmp_path / "a" / "adapter_stages" / "1-easy"
     meta = json.loads((tmp_path / "a" / "adapter" / "train_config.json").read_text())
-    assert meta["init_adapter"]["path"] == str(first.resolve()) and meta["n_episodes"] == 4
+    assert meta["init_adapter"]["name"] == first.name and meta["n_episodes"] == 4
     curve = curriculum_curve(stages, tmp_path / "a" / "adapter", stages[1].episodes(0)[:2])
     assert curve["stage"].tolist() == ["easy"] * 3 + ["hard"] * 2
     assert curve["episodes_seen"].tolist() == [0, 2, 4, 6, 8] and curve["kmeans_accuracy"].between(0, 1).all()
