@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
+from .validation import check_choice, check_int
 
 DISTRIBUTIONS = ("t", "gaussian", "lognormal")
 SPLITS = {"test": 0, "train": 1, "val": 2}
@@ -66,22 +67,9 @@ class Episode(EpisodeRecord):
                    points=[list(p) for p in d["points"]], labels=list(d["labels"]))
 
 
-# ---------------------------------------------------------------- validation
-
-def _check_choice(name: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
-
-
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name}={value!r} is out of range; it must be an integer {rng}")
-
-
 def normalise_distribution(distribution: str, df: float | None) -> tuple[str, float | None]:
     """Map ``("t", inf)`` to ``("gaussian", None)`` and check the pair; returns (distribution, df)."""
-    _check_choice("distribution", distribution, DISTRIBUTIONS)
+    check_choice("distribution", distribution, DISTRIBUTIONS)
     if distribution == "t":
         if df is None:
             raise ValueError("df is required for distribution='t' (a number > 0, or inf for Gaussian)")
@@ -109,7 +97,7 @@ def _df_code(df: float | None) -> int:
 def episode_seed(root_seed: int, split: str, distribution: str, n_clusters: int, dim: int,
                  df: float | None, index: int) -> int:
     """The 64-bit seed of one episode, derived from its cell and index with numpy's SeedSequence."""
-    _check_choice("split", split, list(SPLITS))
+    check_choice("split", split, list(SPLITS))
     entropy = [int(root_seed), SPLITS[split], DISTRIBUTIONS.index(distribution) + 1,
                int(n_clusters), int(dim), _df_code(df), int(index)]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
@@ -134,8 +122,8 @@ def generate_episode(seed: int, distribution: str, n_clusters: int, dim: int, df
     to two decimals; labels by first appearance.
     """
     distribution, df = normalise_distribution(distribution, df)
-    _check_int("n_clusters", n_clusters, 1)
-    _check_int("dim", dim, 1)
+    check_int("n_clusters", n_clusters, 1)
+    check_int("dim", dim, 1)
     lo, hi = int(length_range[0]), int(length_range[1])
     if not (1 <= lo <= hi):
         raise ValueError(f"length_range={tuple(length_range)!r} is out of range; it must be (lo, hi) with 1 <= lo <= hi")
@@ -183,7 +171,7 @@ def rule_labelled(episode: Episode, rule: str) -> Episode:
     by first appearance, as cluster labels are (each label needs the first point's side too). The
     points and ``n_clusters`` stay; ``params["labels"]`` records the rule.
     """
-    _check_choice("rule", rule, LABEL_RULES)
+    check_choice("rule", rule, LABEL_RULES)
     if rule == "clusters":
         return episode
     labels = [int(p[0] >= 0) for p in episode.points]
@@ -209,13 +197,13 @@ def make_grid(distribution: str, n_clusters: Sequence[int], dims: Sequence[int],
               n_episodes: int, root_seed: int, split: str = "test",
               length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE) -> list[Episode]:
     """``n_episodes`` episodes for every (c, d, df) cell; ``dfs`` is ignored (use ``[None]``) for non-t data."""
-    _check_int("n_episodes", n_episodes, 1)
+    check_int("n_episodes", n_episodes, 1)
     dfs = list(dfs) if distribution == "t" else [None]
     episodes = []
     for c in n_clusters:
-        _check_int("n_clusters", c, 2, 10)
+        check_int("n_clusters", c, 2, 10)
         for d in dims:
-            _check_int("dim", d, 1, 16)
+            check_int("dim", d, 1, 16)
             for df in dfs:
                 dist, dfn = normalise_distribution(distribution, df)
                 key = cell_key(dist, c, d, dfn)
@@ -234,7 +222,7 @@ def make_training_set(n_episodes: int, root_seed: int, n_clusters: Sequence[int]
 
     Seeds come from the ``train`` split, so they are disjoint from every test set.
     """
-    _check_int("n_episodes", n_episodes, 0)
+    check_int("n_episodes", n_episodes, 0)
     episodes = []
     for i in range(n_episodes):
         pick = np.random.default_rng(np.random.SeedSequence([int(root_seed), SPLITS[split], 99, i]))

@@ -23,9 +23,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .data import (SPLITS, EpisodeRecord, _check_choice, _check_int, canonical_labels, load_episodes, save_episodes,
-                   write_manifest)
+from .data import SPLITS, EpisodeRecord, canonical_labels, load_episodes, save_episodes, write_manifest
 from .io import write_json
+from .validation import check_choice, check_int
 
 #: Class-disjoint split of the digits. The issue suggested 0-5 / 6-9, but four test classes cannot
 #: hold the paper's c=5 test episodes (c=5 never seen in training), so we train on 0-4, test on 5-9.
@@ -128,7 +128,7 @@ def load_digits_set() -> ImageSet:
 def domain_shift(imageset: ImageSet, kind: str, seed: int = 0) -> ImageSet:
     """An out-of-domain copy: ``invert`` (255 - x), ``rotate`` (90 degrees counter-clockwise,
     ``np.rot90``) or ``noise`` (seeded Gaussian noise, sigma 40, clipped to 0..255)."""
-    _check_choice("kind", kind, DOMAIN_SHIFTS)
+    check_choice("kind", kind, DOMAIN_SHIFTS)
     x = imageset.images
     if kind == "invert":
         out = 255 - x
@@ -153,9 +153,9 @@ def load_image_folder(root: str | Path, image_size: int | None = None, mode: str
     """
     from PIL import Image
 
-    _check_choice("mode", mode, IMAGE_MODES)
+    check_choice("mode", mode, IMAGE_MODES)
     if image_size is not None:
-        _check_int("image_size", image_size, 1)
+        check_int("image_size", image_size, 1)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist (expected root/<class>/<image>)")
@@ -202,7 +202,7 @@ def to_png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
         raise ValueError(f"image must be uint8 with shape (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
     im = Image.fromarray(image)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
     if size is not None:
-        _check_int("size", size, 1)
+        check_int("size", size, 1)
         im = im.resize((size, size), resample=Image.Resampling.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
@@ -225,7 +225,7 @@ def class_disjoint_split(class_names: Sequence[str], n_test: int | None = None, 
         raise ValueError(f"class_names has {len(names)} classes; a train/test split needs at least 2")
     if n_test is None:
         n_test = _n_test(test_fraction, len(names), "classes", f" (pass n_test in [1, {len(names) - 1}])")
-    _check_int("n_test", n_test, 1, len(names) - 1)
+    check_int("n_test", n_test, 1, len(names) - 1)
     order = np.random.default_rng(seed).permutation(len(names))
     test = sorted(names[i] for i in order[:n_test])
     train = sorted(n for n in names if n not in test)
@@ -282,7 +282,7 @@ class ImageEpisode(EpisodeRecord):
 
 def image_episode_seed(root_seed: int, split: str, n_clusters: int, index: int) -> int:
     """The 64-bit seed of one image episode, from (root seed, split code, c, index) via SeedSequence."""
-    _check_choice("split", split, list(SPLITS))
+    check_choice("split", split, list(SPLITS))
     entropy = [int(root_seed), _IMAGE_SEED_TAG, SPLITS[split], int(n_clusters), int(index)]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
@@ -309,8 +309,8 @@ def generate_image_episode(imageset: ImageSet, classes: Sequence[str], n_cluster
     each plus a multinomial over Dirichlet(1) proportions, images without replacement within
     each class, a shuffled order, and labels by first appearance.
     """
-    _check_choice("split", split, list(SPLITS))
-    _check_int("n_clusters", n_clusters, 1)
+    check_choice("split", split, list(SPLITS))
+    check_int("n_clusters", n_clusters, 1)
     allowed = [str(c) for c in classes]
     if len(set(allowed)) != len(allowed):
         raise ValueError(f"classes has duplicates: {allowed}")
@@ -360,12 +360,12 @@ def make_image_episodes(imageset: ImageSet, classes: Sequence[str], n_clusters_l
                         label_key: str | None = None) -> list[ImageEpisode]:
     """``n_per_c`` episodes for every c in ``n_clusters_list``; ids ``<split>-<dataset>-c<c>-<i>``
     (``<split>-<dataset>-<label_key>-c<c>-<i>`` for conditional episodes)."""
-    _check_choice("split", split, list(SPLITS))
-    _check_int("n_per_c", n_per_c, 1)
+    check_choice("split", split, list(SPLITS))
+    check_int("n_per_c", n_per_c, 1)
     stem = imageset.name if label_key is None else f"{imageset.name}-{label_key}"
     episodes = []
     for c in n_clusters_list:
-        _check_int("n_clusters", c, 1)
+        check_int("n_clusters", c, 1)
         for i in range(n_per_c):
             seed = image_episode_seed(root_seed, split, c, i)
             episodes.append(generate_image_episode(imageset, classes, c, seed, length_range=length_range,
@@ -486,8 +486,8 @@ def make_shapes_set(n_images: int = 1200, seed: int = 0, image_size: int = 16, n
     ``labels`` index ``class_names`` = the sorted objects present; ``attributes`` holds the four
     keys above (string arrays). Deterministic in ``seed``.
     """
-    _check_int("n_images", n_images, 1)
-    _check_int("image_size", image_size, 4)
+    check_int("n_images", n_images, 1)
+    check_int("image_size", image_size, 4)
     rng = np.random.default_rng(seed)
     colors = list(SHAPES_COLORS)
     shape_i = rng.integers(0, len(SHAPES_SHAPES), size=n_images)
@@ -544,7 +544,7 @@ def combination_split(imageset: ImageSet, test_fraction: float = 0.3, seed: int 
     if len(objects) < 2:
         raise ValueError(f"{imageset.name!r} has {len(objects)} objects; a split needs at least 2")
     n_test = _n_test(test_fraction, len(objects), "objects")
-    _check_int("max_tries", max_tries, 1)
+    check_int("max_tries", max_tries, 1)
     all_values = [{table[o][k] for o in objects} for k in range(len(conditions))]
     rng = np.random.default_rng(seed)
     for _ in range(max_tries):
@@ -574,7 +574,7 @@ def conditional_seed(root_seed: int, split: str, condition: str, n_clusters: int
     """The 64-bit seed of one conditional episode, from (root seed, split, condition, c, index)."""
     import zlib
 
-    _check_choice("split", split, list(SPLITS))
+    check_choice("split", split, list(SPLITS))
     entropy = [int(root_seed), _CONDITIONAL_SEED_TAG, SPLITS[split], zlib.crc32(str(condition).encode("utf-8")),
                int(n_clusters), int(index)]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
@@ -593,8 +593,8 @@ def make_conditional_episodes(imageset: ImageSet, objects: Sequence[str] | None,
     ``params["n_objects"]`` the number of allowed objects. Seeds come from
     :func:`conditional_seed`; ids are ``<split>-<dataset>-<condition>-c<c>-<i>``.
     """
-    _check_choice("split", split, list(SPLITS))
-    _check_int("n_per_c", n_per_c, 1)
+    check_choice("split", split, list(SPLITS))
+    check_int("n_per_c", n_per_c, 1)
     attrs = imageset.attributes or {}
     if objects is None:
         allowed = np.ones(imageset.n_images, dtype=bool)
@@ -624,7 +624,7 @@ def make_conditional_episodes(imageset: ImageSet, objects: Sequence[str] | None,
         sub = ImageSet(name=sub.name, images=sub.images, labels=sub.labels, class_names=sub.class_names,
                        attributes={condition: np.array([str(v).strip() for v in sub.attributes[condition]])})
         for c in n_clusters_list:
-            _check_int("n_clusters", c, 1)
+            check_int("n_clusters", c, 1)
             for i in range(n_per_c):
                 seed = conditional_seed(root_seed, split, condition, c, i)
                 e = generate_image_episode(sub, values, c, seed, length_range=length_range,
@@ -710,9 +710,9 @@ def load_stanford40_actions(root: str | Path, image_size: int = 64, split: str |
     must match the file name's action. ``labels`` index the actions; ``attributes["action"]`` is
     always set; ``paths`` are ``JPEGImages/<file>``; images are resized to ``image_size`` square.
     """
-    _check_int("image_size", image_size, 1)
+    check_int("image_size", image_size, 1)
     if split is not None:
-        _check_choice("split", split, ["train", "test"])
+        check_choice("split", split, ["train", "test"])
     root = Path(root)
     jpeg_dir = root / "JPEGImages"
     if not jpeg_dir.is_dir():
@@ -796,7 +796,7 @@ def load_imagenet_attributes(root: str | Path, image_size: int = 64, min_agreeme
     image's folder (``wnid``) when its cell is dropped, since the ImageNet class is always known;
     ``labels`` index the sorted objects. Conditions missing from the table are all "".
     """
-    _check_int("image_size", image_size, 1)
+    check_int("image_size", image_size, 1)
     if not 0.0 <= float(min_agreement) <= 1.0:
         raise ValueError(f"min_agreement={min_agreement!r} is out of range; it must be in [0, 1]")
     root = Path(root)
