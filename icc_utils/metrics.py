@@ -1,4 +1,10 @@
-"""Clustering metrics and summary tables (PROTOCOL.md, "Parsing and metrics")."""
+"""Clustering metrics and summary tables (docs/protocol.md, "Metrics").
+
+An invalid label (-1: padding of a short reply, or an unparseable one) never earns credit: accuracy never
+matches it, ARI treats each -1 as its own singleton cluster (which cannot agree with anything), and NMI is 0
+for any reply holding an invalid label (singletons would *raise* NMI: an all-invalid reply would score about
+0.49 at n=30).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -58,9 +64,12 @@ def ari(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
 
 
 def nmi(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Normalised mutual information (arithmetic mean; equals V-measure); each -1 is its own cluster."""
+    """Normalised mutual information (arithmetic mean; equals V-measure) of a well-formed reply; 0 when any
+    predicted label is invalid (-1), so that neither an unparseable nor a truncated reply earns NMI credit."""
     t, p = _as_arrays(y_true, y_pred)
-    return float(normalized_mutual_info_score(t, _singletons_for_invalid(p)))
+    if (p == INVALID).any():
+        return 0.0
+    return float(normalized_mutual_info_score(t, p))
 
 
 def score(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:

@@ -50,9 +50,19 @@ def test_minus_one_is_never_matched():
     # upstream let the -1 padding match cluster 1 (accuracy 1.0); here those points are wrong
     assert clustering_accuracy([0, 0, 1, 1], [0, 0, -1, -1]) == 0.5
     assert clustering_accuracy([0, 0, 1, 1], [5, 5, 5, -1]) == 0.5
-    # -1 points are singletons for ARI/NMI, never a shared cluster
+    # -1 points are singletons for ARI, never a shared cluster; NMI gives a reply with any -1 no credit
     assert ari([0, 0, 1, 1], [0, 0, -1, -1]) < 1.0
-    assert nmi([0, 0, 1, 1], [0, 0, -1, -1]) < 1.0
+    assert nmi([0, 0, 1, 1], [0, 0, -1, -1]) == 0.0
+
+
+def test_invalid_replies_earn_no_nmi():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 30)
+    # an unparseable reply (all -1): singletons would give NMI about 0.49 at n=30
+    assert nmi(y, [-1] * 30) == 0.0 and ari(y, [-1] * 30) == pytest.approx(0.0, abs=1e-12)
+    # a truncated reply (padded with -1) earns no NMI either, however good its prefix
+    assert nmi(y, list(y[:20]) + [-1] * 10) == 0.0
+    assert nmi(y, y) == pytest.approx(1.0)
 
 
 def test_hungarian_accuracy_examples():
