@@ -54,7 +54,7 @@ METHOD_STYLES: dict[str, tuple[str, str]] = {
 #: LLM rows (``"<model> <method>"``) take the style of their method's family: the first family whose
 #: words the name contains, in this order.
 FAMILY_STYLES: tuple[tuple[str, tuple[str, str]], ...] = (
-    ("finetuned-aug", ("darkgreen", "*")),
+    ("finetuned-aug", ("darkslategray", "*")),
     ("finetuned", ("tab:green", "*")),
     ("fine-tuned", ("tab:green", "*")),
     ("constrained", ("tab:orange", "o")),
@@ -67,9 +67,13 @@ FALLBACK_COLORS = ("#d95f02", "#66a61e", "#666666", "#377eb8", "#984ea3", "#e41a
                    "#4daf4a", "#999999")
 FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "h", "<", ">")
 _PAPER_PREFIXES = ("paper: ", "(paper) ", "paper ")
-_ALIASES = {"k-means": "kmeans", "random labels": "chance", "chance random labels": "chance",
-            "one label for every point": "one label", "one label one label for every point": "one label",
-            "sc on a^ii": "sc on attention", "sc(opt)": "sc on attention", "sc(l*)": "sc on attention"}
+_ALIASES = {"random labels": "chance"}
+
+
+#: Names that start with these are the same method as the canonical name beside them.
+_PREFIXES = (("k-means", "kmeans"), ("chance", "chance"), ("one label", "one label"), ("ic|tc", "ic|tc"),
+             ("sc on a^ii", "sc on attention"), ("sc(", "sc on attention"),
+             ("icc (unconditional", "icc (medium:4.2)"))   # the paper's name for the unconditional model
 
 
 def method_key(name: str) -> tuple[str, bool]:
@@ -81,10 +85,9 @@ def method_key(name: str) -> tuple[str, bool]:
             key, from_paper = key[len(prefix):].strip(), True
             break
     key = _ALIASES.get(key, key)
-    if key.startswith("k-means"):        # "k-means (frozen features)" and the like
-        key = "kmeans"
-    if key.startswith("sc on a^ii") or key.startswith("sc("):
-        key = "sc on attention"
+    for prefix, canonical in _PREFIXES:   # "k-means (frozen features)", "chance (random labels)", ...
+        if key.startswith(prefix):
+            return canonical, from_paper
     return key, from_paper
 
 

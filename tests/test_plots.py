@@ -34,7 +34,11 @@ def _overlaps(a, b) -> bool:
 
 def test_method_style_is_one_colour_and_marker_per_method_and_stable():
     assert plots.method_style("kmeans") == plots.method_style("k-means") == plots.method_style("k-means (frozen features)")
-    assert plots.method_style("chance random labels")["color"] == plots.method_style("chance")["color"]
+    # the names the notebooks give one method
+    for a, b in [("chance random labels", "chance"), ("chance (random labels)", "chance"),
+                 ("one label one label for every point", "one label for every point"),
+                 ("SC on A^II, dim=1", "SC(l8)"), ("ICC (unconditional, k=2)", "ICC (Medium:4.2)")]:
+        assert plots.method_style(a) == plots.method_style(b), (a, b)
     # the study's LLM rows take their method family's style: free, constrained and fine-tuned differ
     free = plots.method_style("SmolLM2-135M-Instruct zero-shot")
     constrained = plots.method_style("SmolLM2-135M-Instruct zero-shot+constrained")
