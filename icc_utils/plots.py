@@ -1,6 +1,11 @@
-"""Figures for the notebooks. Every figure is saved as PNG under ``results/<profile>/`` and shown inline."""
+"""Figures for the notebooks. Every figure is saved as PNG under ``results/<profile>/`` and shown inline.
+
+Every line and marker plot draws a method in the style :func:`method_style` gives it (one colour and one
+marker per method, the same in every figure), with the legend outside the data.
+"""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +25,104 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=_PNG_META)
     return path
+
+
+# ---------------------------------------------------------------- one palette for every figure
+
+#: Methods with a fixed (colour, marker), keyed by their normalised name (see :func:`method_key`).
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "kmeans": ("tab:blue", "s"),
+    "gmm": ("tab:purple", "D"),
+    "agglomerative": ("tab:olive", "^"),
+    "spectral": ("tab:pink", "v"),
+    "chance": ("tab:gray", "x"),
+    "one label": ("black", "P"),
+    "ic|tc": ("tab:cyan", "p"),
+    "sc on attention": ("tab:brown", "h"),
+    "icc (small)": ("yellowgreen", "<"),
+    "icc (medium)": ("tab:green", "*"),
+    "icc (large)": ("darkgreen", ">"),
+    "icc (medium:4.2)": ("teal", "d"),
+    # the paper's models (its figures' lines are named by model)
+    "llama-3.2-1b-instruct": ("#e6ab02", "^"),
+    "llama-3.2-3b-instruct": ("#e7298a", "v"),
+    "llama-3.1-8b-instruct": ("#7570b3", "D"),
+    "qwen2.5-7b-instruct": ("#1b9e77", "s"),
+    "gpt-4o": ("navy", "X"),
+    "gpt-4.1": ("#a6761d", "P"),
+}
+#: LLM rows (``"<model> <method>"``) take the style of their method's family: the first family whose
+#: words the name contains, in this order.
+FAMILY_STYLES: tuple[tuple[str, tuple[str, str]], ...] = (
+    ("finetuned-aug", ("darkslategray", "*")),
+    ("finetuned", ("tab:green", "*")),
+    ("fine-tuned", ("tab:green", "*")),
+    ("constrained", ("tab:orange", "o")),
+    ("zero-shot", ("tab:red", "o")),
+    ("gen", ("tab:red", "o")),
+)
+#: Names not matched above get a colour and a marker from these lists, chosen by a hash of the name
+#: (stable across processes and figures), with colours no fixed method uses.
+FALLBACK_COLORS = ("#d95f02", "#66a61e", "#666666", "#377eb8", "#984ea3", "#e41a1c", "#a65628", "#f781bf",
+                   "#4daf4a", "#999999")
+FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "h", "<", ">")
+_PAPER_PREFIXES = ("paper: ", "(paper) ", "paper ")
+_ALIASES = {"random labels": "chance"}
+
+
+#: Names that start with these are the same method as the canonical name beside them.
+_PREFIXES = (("k-means", "kmeans"), ("chance", "chance"), ("one label", "one label"), ("ic|tc", "ic|tc"),
+             ("sc on a^ii", "sc on attention"), ("sc(", "sc on attention"),
+             ("icc (unconditional", "icc (medium:4.2)"))   # the paper's name for the unconditional model
+
+
+def method_key(name: str) -> tuple[str, bool]:
+    """``(key, from_paper)``: the name lower-cased, without a ``paper:`` / ``(paper)`` prefix, aliases
+    merged (``k-means`` and ``kmeans``; ``chance random labels`` and ``chance``)."""
+    key, from_paper = " ".join(str(name).lower().split()), False
+    for prefix in _PAPER_PREFIXES:
+        if key.startswith(prefix):
+            key, from_paper = key[len(prefix):].strip(), True
+            break
+    key = _ALIASES.get(key, key)
+    for prefix, canonical in _PREFIXES:   # "k-means (frozen features)", "chance (random labels)", ...
+        if key.startswith(prefix):
+            return canonical, from_paper
+    return key, from_paper
+
+
+def _hashed(key: str, options: tuple, salt: str) -> str:
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return options[int.from_bytes(digest[:4], "big") % len(options)]
+
+
+def method_style(name: str) -> dict:
+    """Keyword arguments (``color``, ``marker``, ``linestyle``, ``markerfacecolor``) that draw method
+    ``name`` the same way in every figure. The paper's numbers (``paper: kmeans``) take their method's
+    colour and marker, dashed with open markers."""
+    key, from_paper = method_key(name)
+    style = METHOD_STYLES.get(key)
+    if style is None:
+        words = key.replace("+", " ").split()
+        style = next((s for family, s in FAMILY_STYLES if family in words), None)
+    if style is None:
+        style = (_hashed(key, FALLBACK_COLORS, "color"), _hashed(key, FALLBACK_MARKERS, "marker"))
+    color, marker = style
+    return {"color": color, "marker": marker, "linestyle": "--" if from_paper else "-",
+            "markerfacecolor": "none" if from_paper else color}
+
+
+def legend_outside(ax, where: str = "below", fontsize: int = 8, ncol: int | None = None) -> None:
+    """The axes' legend outside its data: below the axes (``where="below"``) or to their right."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if where == "below":
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=fontsize,
+                  ncol=ncol or min(2, len(labels)), frameon=False)
+    else:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=fontsize,
+                  ncol=ncol or 1, frameon=False)
 
 
 def cluster_colors(n: int):
@@ -56,34 +159,49 @@ def plot_episodes(episodes, titles=None, ncols: int = 4, size: float = 3.0):
 def plot_accuracy_vs_df(summary: pd.DataFrame, group: str = "model", ax=None, title: str | None = None,
                         paper: pd.DataFrame | None = None):
     """Mean accuracy (± 1 s.e.) against df, one line per ``group``; optional paper points (dashed)."""
+    fig = plot_accuracy_by(summary, "df", group=group, ax=ax, title=title, paper=paper,
+                           xlabel="degrees of freedom (df)")
+    return fig
+
+
+def plot_accuracy_by(summary: pd.DataFrame, x: str, group: str = "method", ax=None, title: str | None = None,
+                     paper: pd.DataFrame | None = None, xlabel: str | None = None, categorical: bool | None = None):
+    """Mean accuracy (± 1 s.e.) against column ``x`` (df, number of clusters, ...), one line per ``group``
+    in its :func:`method_style`; optional ``paper`` rows (columns ``model``, ``x``, ``accuracy``) dashed.
+    ``categorical`` (default: ``x == "df"``) spaces the values evenly."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     else:
         fig = ax.figure
-    dfs = sorted(summary["df"].unique())
-    pos = {d: i for i, d in enumerate(dfs)}
+    categorical = (x == "df") if categorical is None else categorical
+    values = sorted(summary[x].unique())
+    pos = {v: (i if categorical else v) for i, v in enumerate(values)}
     for name, g in summary.groupby(group, sort=False):
-        g = g.sort_values("df")
-        xs = [pos[d] for d in g["df"]]
-        ax.errorbar(xs, g["accuracy"], yerr=g["accuracy_se"], marker="o", capsize=3, label=str(name))
+        g = g.sort_values(x)
+        ax.errorbar([pos[v] for v in g[x]], g["accuracy"], yerr=g["accuracy_se"], capsize=3, label=str(name),
+                    **method_style(str(name)))
     if paper is not None and len(paper):
         for name, g in paper.groupby("model", sort=False):
-            g = g[g["df"].isin(dfs)].sort_values("df")
-            ax.plot([pos[d] for d in g["df"]], g["accuracy"], ls="--", marker="x", alpha=0.7, label=f"paper: {name}")
-    ax.set_xticks(range(len(dfs)))
-    ax.set_xticklabels([f"{d:g}" for d in dfs])
-    _finish_accuracy_axes(ax, "degrees of freedom (df)", "accuracy", title, legend_size=7, title_size=None)
+            g = g[g[x].isin(values)].sort_values(x)
+            ax.plot([pos[v] for v in g[x]], g["accuracy"], alpha=0.8, label=f"paper: {name}",
+                    **method_style(f"paper: {name}"))
+    if categorical:
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels([f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v) for v in values])
+    else:
+        ax.set_xticks(values)
+    _finish_accuracy_axes(ax, xlabel or x, "accuracy", title, legend_size=7, title_size=None)
     return fig
 
 
 def _finish_accuracy_axes(ax, xlabel: str, ylabel: str, title: str | None, legend_size: int = 8,
                           title_size: int | None = 10) -> None:
-    """Labels, a 0-1 accuracy range, a light grid, the legend and the title."""
+    """Labels, a 0-1 accuracy range, a light grid, the legend (below the axes) and the title."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+    legend_outside(ax, fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=title_size)
 
@@ -94,21 +212,64 @@ def plot_grid_accuracy(summary: pd.DataFrame, group: str = "name", size: float =
     dims = sorted(summary["dim"].unique())
     fig, axes = plt.subplots(len(dfs), len(dims), figsize=(size * len(dims) + 1, size * len(dfs)), squeeze=False,
                              sharey=True)
+    legend: dict = {}
     for i, df in enumerate(dfs):
         for j, d in enumerate(dims):
             ax = axes[i, j]
             sub = summary[(summary["df"] == df) & (summary["dim"] == d)]
             for name, g in sub.groupby(group, sort=False):
                 g = g.sort_values("n_clusters")
-                ax.errorbar(g["n_clusters"], g["accuracy"], yerr=g["accuracy_se"], marker="o", capsize=2, label=str(name))
+                ax.errorbar(g["n_clusters"], g["accuracy"], yerr=g["accuracy_se"], capsize=2, label=str(name),
+                            ms=4, **method_style(str(name)))
             ax.set_title(f"df={df:g}, dim={d}", fontsize=9)
             ax.set_xlabel("number of clusters")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)   # every method of every panel, once
     axes[0, 0].set_ylabel("accuracy")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
+    return fig
+
+
+def plot_accuracy_bars(summary: pd.DataFrame, x: str, group: str = "method", order=None, ax=None,
+                       title: str | None = None):
+    """Mean accuracy (± 1 s.e.) as grouped bars: one group per value of ``x`` (in ``order``), one bar per
+    ``group`` in its :func:`method_style` colour (Table 3: conditions by method)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+    else:
+        fig = ax.figure
+    order = list(order) if order is not None else list(dict.fromkeys(summary[x]))
+    methods = list(dict.fromkeys(summary[group]))
+    width = 0.8 / max(len(methods), 1)
+    for j, m in enumerate(methods):
+        g = summary[summary[group] == m].set_index(x).reindex(order)
+        ax.bar(np.arange(len(order)) + j * width, g["accuracy"], width, yerr=g["accuracy_se"], label=str(m),
+               color=method_style(str(m))["color"])
+    ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, [str(v) for v in order])
+    _finish_accuracy_axes(ax, x, "accuracy", title, legend_size=7)
+    return fig
+
+
+def plot_loss_curves(curves: dict, ax=None, title: str | None = "ICC fine-tuning loss"):
+    """Training loss against episodes seen, one line per method (``curves``: name -> table with
+    ``episodes_seen`` and ``loss``), each in its :func:`method_style` colour."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+    else:
+        fig = ax.figure
+    for name, curve in curves.items():
+        style = method_style(str(name))
+        ax.plot(curve["episodes_seen"], curve["loss"], color=style["color"], label=str(name))
+    ax.set_xlabel("training episodes seen")
+    ax.set_ylabel("answer-token loss")
+    ax.grid(alpha=0.3)
+    legend_outside(ax, where="right")
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig
 
 
@@ -212,22 +373,28 @@ def plot_preprocessing_steps(steps: dict, labels, size: float = 3.0):
     return fig
 
 
+#: Line styles that tell the settings (``dim``, df) of one method apart; colour stays the method's.
+SETTING_LINESTYLES = ("-", "--", ":", "-.")
+
+
 def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, fixed_layer: int | None = None,
                       group: str = "dim", ax=None, title: str | None = None):
     """Figure 3's inset: mean spectral-clustering accuracy (± 1 s.e.) per layer, one line per ``group``,
-    with generation accuracy as horizontal lines (``gen``: columns ``group``, ``method``, ``accuracy``)."""
+    with generation accuracy as horizontal lines (``gen``: columns ``group``, ``method``, ``accuracy``).
+    Colour and marker name the method (:func:`method_style`), the line style the ``group`` value."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
     else:
         fig = ax.figure
+    sc = method_style("SC on A^II")
     for i, (key, g) in enumerate(per_layer.groupby(group, sort=True)):
-        color = plt.get_cmap("tab10")(i % 10)
+        ls = SETTING_LINESTYLES[i % len(SETTING_LINESTYLES)]
         g = g.sort_values("layer")
-        ax.errorbar(g["layer"], g["accuracy"], yerr=g["accuracy_se"], marker="o", ms=3, capsize=2, color=color,
-                    label=f"SC on A^II, {group}={key}")
+        ax.errorbar(g["layer"], g["accuracy"], yerr=g["accuracy_se"], ms=3, capsize=2, label=f"SC on A^II, {group}={key}",
+                    **{**sc, "linestyle": ls})
         if gen is not None and len(gen):
-            for j, (method, h) in enumerate(gen[gen[group] == key].groupby("method", sort=True)):
-                ax.axhline(float(h["accuracy"].mean()), color=color, ls=["--", ":", "-."][j % 3], lw=1.2,
+            for method, h in gen[gen[group] == key].groupby("method", sort=True):
+                ax.axhline(float(h["accuracy"].mean()), color=method_style(str(method))["color"], ls=ls, lw=1.2,
                            label=f"{method}, {group}={key}")
     if fixed_layer is not None:
         ax.axvline(fixed_layer, color="grey", lw=0.8, ls=":")
@@ -235,33 +402,40 @@ def plot_sc_per_layer(per_layer: pd.DataFrame, gen: pd.DataFrame | None = None, 
     ax.set_xlabel("layer")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax, where="right", fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
 
 
-def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None):
-    """Accuracy on held-out episodes against training episodes seen (one line per ``accuracy*`` column),
-    with the k-means accuracy on the same episodes as a dashed line (column ``kmeans_accuracy``; per df, where
-    given as ``kmeans_accuracy_<df>``, a thin dashed line in that df's colour) and, where given (column
-    ``one_label_accuracy``), what answering one label for every point scores as a dotted line."""
+def plot_learning_curve(curve: pd.DataFrame, title: str | None = None, ax=None, method: str = "finetuned"):
+    """Accuracy on held-out episodes against training episodes seen, in ``method``'s style: a thick line for
+    the ``accuracy`` column, one thinner line per ``accuracy_<df>`` column, each in its own line style. The
+    k-means accuracy on the same episodes is a horizontal line in k-means' colour (column
+    ``kmeans_accuracy``; per df, where given as ``kmeans_accuracy_<df>``, in that df's line style) and,
+    where given (column ``one_label_accuracy``), what answering one label for every point scores."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
     else:
         fig = ax.figure
+    style = method_style(method)
+    kmeans_color = method_style("kmeans")["color"]
     cols = [c for c in curve.columns if c.startswith("accuracy")]
+    per_df = [c for c in cols if c != "accuracy"]
     for c in cols:
         label = "all validation episodes" if c == "accuracy" else c.replace("accuracy_", "")
-        line, = ax.plot(curve["episodes_seen"], curve[c], marker="o", ms=3, lw=2 if c == "accuracy" else 1, label=label)
+        ls = "-" if c == "accuracy" else SETTING_LINESTYLES[1 + per_df.index(c) % (len(SETTING_LINESTYLES) - 1)]
+        ax.plot(curve["episodes_seen"], curve[c], ms=3 if c == "accuracy" else 2, lw=2 if c == "accuracy" else 1,
+                label=label, **{**style, "linestyle": ls})
         if c != "accuracy" and f"kmeans_{c}" in curve and len(curve):
-            ax.axhline(float(curve[f"kmeans_{c}"].iloc[0]), color=line.get_color(), ls="--", lw=0.8,
+            ax.axhline(float(curve[f"kmeans_{c}"].iloc[0]), color=kmeans_color, ls=ls, lw=0.8,
                        label=f"k-means {label}")
     if "kmeans_accuracy" in curve and len(curve):
-        ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color="k", ls="--", lw=1, label="k-means (same episodes)")
+        ax.axhline(float(curve["kmeans_accuracy"].iloc[0]), color=kmeans_color, ls="-", lw=1,
+                   label="k-means (same episodes)")
     if "one_label_accuracy" in curve and len(curve):
-        ax.axhline(float(curve["one_label_accuracy"].iloc[0]), color="gray", ls=":", lw=1.5,
-                   label="one label for every point")
+        ax.axhline(float(curve["one_label_accuracy"].iloc[0]), color=method_style("one label")["color"], ls="-",
+                   lw=0.8, alpha=0.7, label="one label for every point")
     _finish_accuracy_axes(ax, "training episodes seen", "accuracy (greedy, free decoding)", title)
     return fig
 
