@@ -139,6 +139,21 @@ def test_layer_and_head_are_checked_against_the_model(tiny_qwen2_dir):
     assert est.labels_.shape == (12,)
 
 
+def test_same_labels_as_the_per_layer_sweep_of_notebook_03(tiny_llama_dir):
+    """Notebook 03 takes SC(l*) from the estimator and SC(opt) from the all-layer sweep: both must agree."""
+    from icc_utils.data import generate_episode
+    from icc_utils.models import load_model_and_tokenizer
+
+    lm, tok = load_model_and_tokenizer(str(tiny_llama_dir))
+    for seed, dim in [(5, 1), (6, 3)]:
+        ep = generate_episode(seed, "t", 3, dim, df=2.0, n_points=15)
+        blocks = A.extract_attention_blocks(lm, A.encode_episode(tok, ep.points, 3), layers="all")
+        for layer in blocks.layers:
+            est = ASC(model=str(tiny_llama_dir), layer=layer, n_clusters=3).fit(ep.points)
+            np.testing.assert_array_equal(est.attention_, blocks.ii[layer])
+            np.testing.assert_array_equal(est.labels_, A.spectral_cluster_attention(blocks.ii[layer], 3))
+
+
 def test_in_a_pipeline_after_standard_scaler(tiny_llama_dir):
     X, _ = _blobs(n=9, d=2)
     pipe = make_pipeline(StandardScaler(), ASC(model=str(tiny_llama_dir), n_clusters=2))

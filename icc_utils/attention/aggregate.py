@@ -60,7 +60,7 @@ def _run_sums(x, starts, ends, dim: int):
 
     On the CPU, along the last axis: one ``numpy.add.reduceat`` over the run boundaries; along any
     other axis: one vectorised sum of whole slabs per run (K sums, each over all the other axes at
-    once; single-index runs are one gather), which is several times faster than ``reduceat`` there.
+    once; single-index runs are one gather) instead of ``reduceat``, which is slower there.
     On an accelerator: one cumulative sum in float64 (differences of it are exact to ~1e-16 for
     attention probabilities) and two gathers.
     """
