@@ -214,8 +214,10 @@ def plot_attention_matrix(M: np.ndarray, labels, ax=None, log: bool = True, titl
 def plot_attention_figure3(M: np.ndarray, episode, title: str, log: bool = True):
     """Figure 3: the block matrix of one episode (ordered and named by true cluster) beside its data, whose
     cluster legend sits outside the scatter."""
+    import textwrap
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
-    plot_attention_matrix(M, episode.labels, ax=axes[0], log=log, title=title)
+    plot_attention_matrix(M, episode.labels, ax=axes[0], log=log, title="\n".join(textwrap.wrap(title, 60)))
     x = np.asarray(episode.points, dtype=float)
     cols = cluster_colors(episode.n_clusters)
     y = x[:, 1] if x.shape[1] > 1 else np.zeros(len(x))

@@ -66,3 +66,13 @@ def test_figure3_legend_names_the_clusters_outside_the_data():
     box, frame = legend.get_window_extent(), data_ax.get_window_extent()
     assert box.x0 >= frame.x1  # to the right of the scatter, covering none of it
     assert _ticks(fig.axes[0].yaxis)[0][:3] == ["pt c0", "pt c1", "pt c2"]
+
+
+def test_figure3_long_title_is_wrapped_clear_of_the_data_panel():
+    ep = generate_episode(3, "gaussian", 2, 2, None, n_points=8)
+    title = "SmolLM2-135M-Instruct, layer 14 (answer: constrained decoding (the free reply was not a list of n labels))"
+    fig = plots.plot_attention_figure3(_matrix(2 * ep.n_points), ep, title=title)
+    fig.canvas.draw()
+    matrix_title, data_title = fig.axes[0].title, fig.axes[1].title
+    assert matrix_title.get_text().replace("\n", " ") == title
+    assert matrix_title.get_window_extent().x1 < data_title.get_window_extent().x0
