@@ -284,22 +284,63 @@ def _attention_image(M: np.ndarray, log: bool = True, floor: float = 1e-6) -> np
 
 
 def _cluster_strip(ax, labels, n: int, offset: int = 0, axis: str = "both", size: float = 6):
-    """Coloured squares outside the axes marking each row/column's true cluster."""
+    """Coloured squares just outside the axes (2.5% of its size away) marking each row/column's true cluster."""
     cols = cluster_colors(int(max(labels)) + 1)
     c = [cols[int(l)] for l in labels]
     idx = np.arange(len(labels)) + offset
     if axis in ("both", "y"):
-        ax.scatter(np.full(len(idx), -0.03 * n - 1), idx, c=c, marker="s", s=size, clip_on=False)
+        ax.scatter(np.full(len(idx), -0.025), idx, c=c, marker="s", s=size, clip_on=False,
+                   transform=ax.get_yaxis_transform())
     if axis in ("both", "x"):
-        ax.scatter(idx, np.full(len(idx), n + 0.03 * n), c=c, marker="s", s=size, clip_on=False)
+        ax.scatter(idx, np.full(len(idx), -0.025), c=c, marker="s", s=size, clip_on=False,
+                   transform=ax.get_xaxis_transform())
+
+
+def _cluster_blocks(sorted_labels) -> list[tuple[int, int, int]]:
+    """``(cluster, first, last)`` of each run of equal labels in cluster-sorted order."""
+    lab = np.asarray(sorted_labels)
+    if not len(lab):
+        return []
+    starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
+    ends = np.r_[starts[1:], len(lab)]
+    return [(int(lab[a]), int(a), int(b) - 1) for a, b in zip(starts, ends)]
+
+
+def _cluster_ticks(ax, sorted_labels, with_answer: bool, fontsize: float = 7) -> None:
+    """Name each block by its true cluster along both axes (ticks at the block centres, in the cluster's
+    colour; ``pt``/``lbl`` for the point and answer-label halves of a ``2m x 2m`` matrix) and draw thin
+    lines between blocks."""
+    blocks = _cluster_blocks(sorted_labels)
+    m = len(sorted_labels)
+    cols = cluster_colors(max((c for c, _, _ in blocks), default=0) + 1)
+    halves = [(0, "pt "), (m, "lbl ")] if with_answer else [(0, "")]
+    pos, names, colors = [], [], []
+    for offset, prefix in halves:
+        for c, a, b in blocks:
+            pos.append(offset + (a + b) / 2)
+            names.append(f"{prefix}c{c}")
+            colors.append(cols[c])
+            if a > 0:
+                ax.axhline(offset + a - 0.5, color="white", lw=0.5, alpha=0.8)
+                ax.axvline(offset + a - 0.5, color="white", lw=0.5, alpha=0.8)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(pos)
+        axis.set_ticklabels(names, fontsize=fontsize)
+        for t, col in zip(axis.get_ticklabels(), colors):
+            t.set_color(col)
+    ax.tick_params(length=0, pad=10)  # clear of the coloured strips
+    ax.tick_params(axis="x", labelrotation=90 if with_answer else 0)
 
 
 def plot_attention_matrix(M: np.ndarray, labels, ax=None, log: bool = True, title: str | None = None,
-                          with_answer: bool | None = None, colorbar: bool = True, strip_size: float = 6):
-    """One attention matrix with rows/columns ordered by true cluster and coloured strips marking clusters.
+                          with_answer: bool | None = None, colorbar: bool = True, strip_size: float = 6,
+                          tick_fontsize: float = 7, axis_labels: bool = True):
+    """One attention matrix with rows/columns ordered by true cluster, each block named by its cluster
+    (``c0``, ``c1``, ... along both axes; ``pt c0``/``lbl c0`` for points and answer labels) and coloured
+    strips marking each row's and column's cluster.
 
     ``M``: ``m x m`` (``A^II``) or ``2m x 2m`` (``[[A^II, 0], [A^OI, A^OO]]``; detected from the shape, or
-    ``with_answer``). Log scale by default (log10; zeros blank).
+    ``with_answer``). Log scale by default (log10; zeros blank). The colour bar sits outside the matrix.
     """
     M = np.asarray(M, dtype=float)
     labels = np.asarray(labels)
@@ -314,12 +355,16 @@ def plot_attention_matrix(M: np.ndarray, labels, ax=None, log: bool = True, titl
     n = img.shape[0]
     strip = np.concatenate([labels[order], labels[order]]) if with_answer else labels[order]
     _cluster_strip(ax, strip, n, size=strip_size)
+    ax.set_xlim(-0.5, n - 0.5)  # the strips lie outside the matrix; keep them from widening the axes
+    ax.set_ylim(n - 0.5, -0.5)
     if with_answer:
         for v in (m - 0.5,):
-            ax.axhline(v, color="white", lw=0.8)
-            ax.axvline(v, color="white", lw=0.8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+            ax.axhline(v, color="white", lw=1.2)
+            ax.axvline(v, color="white", lw=1.2)
+    _cluster_ticks(ax, labels[order], with_answer, tick_fontsize)
+    if axis_labels:
+        ax.set_xlabel("attended to (key), by true cluster", fontsize=tick_fontsize)
+        ax.set_ylabel("attending (query), by true cluster", fontsize=tick_fontsize)
     if title:
         ax.set_title(title, fontsize=9)
     if colorbar:
@@ -328,15 +373,23 @@ def plot_attention_matrix(M: np.ndarray, labels, ax=None, log: bool = True, titl
 
 
 def plot_attention_figure3(M: np.ndarray, episode, title: str, log: bool = True):
-    """Figure 3: the block matrix of one episode (ordered and coloured by true cluster) beside its data."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.35, 1]})
-    plot_attention_matrix(M, episode.labels, ax=axes[0], log=log, title=title)
+    """Figure 3: the block matrix of one episode (ordered and named by true cluster) beside its data, whose
+    cluster legend sits outside the scatter."""
+    import textwrap
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
+    plot_attention_matrix(M, episode.labels, ax=axes[0], log=log, title="\n".join(textwrap.wrap(title, 60)))
     x = np.asarray(episode.points, dtype=float)
     cols = cluster_colors(episode.n_clusters)
     y = x[:, 1] if x.shape[1] > 1 else np.zeros(len(x))
-    axes[1].scatter(x[:, 0], y, c=[cols[l] for l in episode.labels], s=18)
+    labels = np.asarray(episode.labels)
+    for c in range(episode.n_clusters):
+        sel = labels == c
+        axes[1].scatter(x[sel, 0], y[sel], color=cols[c], s=18, label=f"c{c} (cluster {c})")
     for i, (a, b) in enumerate(zip(x[:, 0], y)):
         axes[1].annotate(str(i), (a, b), fontsize=6, alpha=0.6)
+    axes[1].legend(title="true cluster", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                   borderaxespad=0.0)
     axes[1].set_title(f"the episode (points numbered in prompt order), d={episode.dim}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -356,7 +409,8 @@ def plot_attention_grid(mats, labels, titles, ncols: int = 6, log: bool = True, 
             ax.axis("off")
             continue
         lab = label_list[k] if label_list is not None else labels
-        plot_attention_matrix(mats[k], lab, ax=ax, log=log, title=titles[k], colorbar=False, strip_size=2)
+        plot_attention_matrix(mats[k], lab, ax=ax, log=log, title=titles[k], colorbar=False, strip_size=2,
+                              tick_fontsize=6, axis_labels=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
@@ -368,7 +422,8 @@ def plot_preprocessing_steps(steps: dict, labels, size: float = 3.0):
     n = len(steps)
     fig, axes = plt.subplots(1, n, figsize=(size * n + 0.5, size + 0.3), squeeze=False)
     for ax, (name, M) in zip(axes[0], steps.items()):
-        plot_attention_matrix(M, labels, ax=ax, log=False, title=name, colorbar=True, strip_size=3)
+        plot_attention_matrix(M, labels, ax=ax, log=False, title=name, colorbar=True, strip_size=3,
+                              tick_fontsize=6, axis_labels=False)
     fig.tight_layout()
     return fig
 

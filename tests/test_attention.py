@@ -13,6 +13,7 @@ from icc_utils.prompts import format_number
 
 
 # ---------------------------------------------------------------- fixtures
+# (the estimator AttentionSpectralClustering is tested in test_attention_estimator.py)
 
 @pytest.fixture(scope="module")
 def embedded(embedded_dir):
@@ -227,28 +228,7 @@ def test_spectral_clustering_on_block_attention():
     assert np.array_equal(labels, A.spectral_cluster_attention(A_ii, 2))  # deterministic (random_state=0)
 
 
-# ---------------------------------------------------------------- estimator
-
-def test_estimator_on_two_well_separated_blobs(embedded):
-    """Two blobs 22 units apart. Head-averaged attention of the 135M model is weak, but one head
-    (layer 20, head 6: found with notebook 02's per-head view) separates them; the estimator with
-    the default head average must at least return valid, deterministic labels."""
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 24)
-    y[:2] = [0, 1]
-    X = np.where(y[:, None] == 0, [-8.0, 8.0], [8.0, -8.0]) + rng.normal(0, 0.5, (24, 2))
-    est = A.AttentionSpectralClustering(embedded, layer=20, n_clusters=2, head=6)
-    labels = est.fit_predict(X)
-    assert labels.shape == (24,) and set(labels) <= {0, 1}
-    assert clustering_accuracy(y, labels) >= 0.9
-    assert est.attention_.shape == (24, 24) and est.layer_ == 20
-    assert np.allclose(est.affinity_matrix_, est.affinity_matrix_.T)
-    avg = A.AttentionSpectralClustering(embedded, layer="middle", n_clusters=2)
-    a1 = avg.fit_predict(X)
-    assert avg.layer_ == 14 and np.array_equal(a1, avg.fit_predict(X))
-    with pytest.raises(ValueError, match="head"):
-        A.AttentionSpectralClustering(embedded, layer=20, n_clusters=2, head=9).fit(X)
-
+# ---------------------------------------------------------------- aggregation fallback
 
 def test_aggregation_without_contiguous_segments_uses_the_dense_product():
     """A segment whose tokens are not one contiguous run is still aggregated exactly (dense fallback)."""
@@ -279,3 +259,27 @@ def test_sc_layer_scores_same_table_fresh_and_from_cache(tiny_llama, tmp_path):
     cached = A.sc_layer_scores(model, tok, eps, "tiny", cache_path=cache, desc="cached")
     assert list(fresh.columns)[-4:] == ["layer", "accuracy", "ari", "nmi"]
     assert fresh.to_csv(index=False) == cached.to_csv(index=False)
+
+
+# ---------------------------------------------------------------- package layout
+
+def test_attention_subpackage_has_no_import_cycle_and_short_modules():
+    """Each module of icc_utils.attention imports its siblings only in one direction, and stays readable."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(A.__file__).parent
+    deps = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        assert len(path.read_text().splitlines()) <= 500, path.name
+    assert set(deps) >= {"tokens", "aggregate", "extract", "spectral", "analysis", "legacy_report"}
+
+    def reach(mod, seen=()):
+        for d in deps.get(mod, ()):
+            assert d not in seen + (mod,), f"import cycle through {mod} -> {d}"
+            reach(d, seen + (mod,))
+
+    for mod in deps:
+        reach(mod)
