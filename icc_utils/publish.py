@@ -65,6 +65,7 @@ def save_weights(src: Path, dst: Path, dtype: str | None = None) -> str:
     tmp = dst.with_suffix(".tmp")
     save_file(cast, str(tmp), metadata={"format": "pt"})
     tmp.replace(dst)
+    dst.chmod(0o644)
     if dst.stat().st_size > MAX_FILE_BYTES:
         raise ValueError(f"{dst.name} is {dst.stat().st_size} bytes in {dtype}, over the {MAX_FILE_BYTES}-byte limit")
     return dtype
