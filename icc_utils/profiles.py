@@ -21,7 +21,8 @@ from .validation import (check_choice, check_dtype, check_int, check_length_rang
                          check_number, check_numbers, check_subset)
 
 __all__ = [
-    "ProfileError", "available_profiles", "load_profile", "profile_path", "read_profile_file", "check_profile",
+    "ProfileError", "available_profiles", "load_profile", "profile_path", "read_profile_file", "profile_differences",
+    "check_profile",
     "check_choice", "check_subset", "check_int", "check_number", "check_numbers", "check_models",
     "check_length_range", "notebook_parameters", "parameters_for", "load_yaml", "undeclared_keys",
 ]

@@ -161,7 +161,7 @@ def portable_notebook(executed: str | Path, source: str | Path) -> None:
     nb = _scrub(nb, machine_paths())
     pm = nb.setdefault("metadata", {}).setdefault("papermill", {})
     pm["input_path"], pm["output_path"] = display_path(source), display_path(executed)
-    atomic_write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(executed, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------- results/<profile>/README.md
