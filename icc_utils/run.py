@@ -1,4 +1,4 @@
-"""``python -m icc_utils.run --profile default [--only 01 [02 ...]] [-p key value ...] [--list]``
+"""``python -m icc_utils.run --profile default [--only 01 [02 ...]] [-p key value ...] [--resume] [-v] [--list]``
 
 Executes the numbered notebooks in order with papermill (see :mod:`icc_utils.runner`).
 """

@@ -2,30 +2,31 @@
 
 Each notebook ``notebooks/NN_*.ipynb`` runs in the notebooks folder with the parameters of a
 profile (:func:`icc_utils.profiles.parameters_for`) plus any overrides; the executed copy goes
-to ``results/<profile>/<notebook>.ipynb``; ``results/<profile>/RUNINFO.json`` records the wall
-time and status of every notebook (rewritten atomically after each one). The first failure
-stops the run with a message naming the notebook and the cell.
+to ``results/<profile>/<notebook>.ipynb``, rewritten to name no folder of this machine
+(:func:`icc_utils.runinfo.portable_notebook`); ``results/<profile>/RUNINFO.json`` records the wall
+time and status of every notebook (rewritten atomically after each one), and ``README.md`` says
+what ran, where, and how to rerun it. The first failure stops the run with a message naming the
+notebook and the cell.
 
 All functions take the notebooks / results / profiles folders as arguments (package defaults
 otherwise), so they can be tested on a temporary folder.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-import json
-import os
-import platform
+import logging
 import re
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_DIR
+from . import NOTEBOOKS_DIR, RESULTS_DIR
 from .io import write_json
-from .profiles import check_profile, parameters_for, undeclared_keys
+from .profiles import ProfileError, check_profile, parameters_for, undeclared_keys
+from .runinfo import display_path as _display_path
+from .runinfo import environment_info, portable_notebook, read_runinfo, write_readme  # noqa: F401
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_.+\.ipynb$")
 RUNINFO_NAME = "RUNINFO.json"
@@ -115,68 +116,6 @@ def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | None) -> l
 
 # ---------------------------------------------------------------- run information
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _memory_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def environment_info() -> dict:
-    """Commit, machine and library versions for RUNINFO.json (no heavy imports)."""
-    from .models import cpu_native_bf16   # what ``dtype: auto`` keys on (no torch import)
-
-    commit = _git("rev-parse", "HEAD")
-    # dirty = code, notebooks or profiles differ from the commit; results/ and data/ are what the run writes
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!data")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "commit": commit,
-        "dirty": (bool(status) if status is not None else None) if commit else None,
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "cpu_model": _cpu_model(), "cpu_native_bf16": cpu_native_bf16(),
-                    "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_gb": _memory_gb()},
-        "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("torch", "transformers", "papermill", "numpy", "scikit-learn")},
-    }
-
-
-def _display_path(path: Path) -> str:
-    """A path relative to the project root when inside it (RUNINFO.json stays machine-independent)."""
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -207,22 +146,13 @@ def _finished_prefix(plan, info: dict, env: dict, out_dir: Path) -> list[str]:
     return done
 
 
-def read_runinfo(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
 # ---------------------------------------------------------------- running
 
 def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
                   notebooks_dir: str | Path | None = None, results_root: str | Path | None = None,
                   profiles_dir: str | Path | None = None, kernel_name: str = "python3",
-                  progress_bar: bool = True, log: Callable[[str], None] = print, resume: bool = False) -> dict:
+                  progress_bar: bool = True, log: Callable[[str], None] = print, resume: bool = False,
+                  log_output: bool = False) -> dict:
     """Run the (selected) numbered notebooks in order; returns the RUNINFO dict.
 
     Everything is checked before the first notebook starts (profile, selection, override keys).
@@ -234,6 +164,8 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     not rerun, and the run goes on from the first one that is not. RUNINFO then lists every
     invocation, and ``total_seconds`` is the time of the notebooks kept plus this invocation's
     (a notebook killed part-way and run again counts once, with its second run's time).
+
+    ``log_output=True`` shows what the notebooks print (their progress bars included) as they run.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -264,7 +196,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     info.update(env)
     info.update({"profile": profile, "started": info.get("started") if kept else invocation["started"],
                  "finished": None, "status": "running", "selected": [nb.name for nb in selected],
-                 "overrides": overrides, "invocations": invocations + [invocation]})
+                 "only": list(only) if only else None, "overrides": overrides, "invocations": invocations + [invocation]})
     info.setdefault("notebooks", {})
     write_json(info_path, info)
     if resume:
@@ -278,6 +210,7 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
         invocation.update({"status": status, "finished": finished, "seconds": round(time.perf_counter() - total_start, 2)})
         info.update({"status": status, "finished": finished, "total_seconds": round(kept_seconds + invocation["seconds"], 2)})
         write_json(info_path, info)
+        write_readme(out_dir, info)
 
     for i, (nb, params) in enumerate(plan, 1):
         if nb.name in kept:
@@ -292,8 +225,12 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
         t0 = time.perf_counter()
         failure: NotebookFailed | None = None
         try:
-            papermill.execute_notebook(str(nb), str(out_path), parameters=params, kernel_name=kernel_name,
-                                       cwd=str(notebooks_dir), progress_bar=progress_bar, log_output=False)
+            try:
+                with _papermill_log(log_output):
+                    papermill.execute_notebook(str(nb), str(out_path), parameters=params, kernel_name=kernel_name,
+                                               cwd=str(notebooks_dir), progress_bar=progress_bar, log_output=log_output)
+            finally:
+                _make_portable(out_path, nb, log)
         except PapermillExecutionError as exc:
             failure = NotebookFailed(nb.name, out_path, exc.cell_index, exc.exec_count, exc.ename, exc.evalue,
                                      exc.source, _source_cell_index(nb, exc.cell_index, bool(params)))
@@ -325,17 +262,51 @@ def run_notebooks(profile: str, only: Sequence[str] | None = None, overrides: Ma
     return info
 
 
+def _make_portable(executed: Path, source: Path, log: Callable[[str], None]) -> None:
+    """:func:`~icc_utils.runinfo.portable_notebook`, never masking the run's own outcome."""
+    if not executed.is_file():
+        return
+    try:
+        portable_notebook(executed, source)
+    except Exception as exc:  # noqa: BLE001 - a warning, not a failure of the run
+        log(f"warning: could not remove this machine's folders from {executed}: {exc}")
+
+
+class _Stderr(logging.Handler):
+    """Writes to the current ``sys.stderr`` (which a notebook or a test may have replaced)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _papermill_log(enabled: bool):
+    """While it lasts, papermill's log (with ``log_output``: what each cell prints) goes to stderr."""
+    if not enabled:
+        yield
+        return
+    logger, handler = logging.getLogger("papermill"), _Stderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 # ---------------------------------------------------------------- command line
 
 def _parse_value(text: str):
     """A ``-p`` value as YAML (``3`` -> int, ``0.5`` -> float, ``[a, b]`` -> list, ``true``), else the string."""
-    import yaml
-
     from .profiles import load_yaml
 
     try:
         value = load_yaml(text)
-    except yaml.YAMLError:
+    except ProfileError:
         return text
     return text if value is None and text.strip() not in ("null", "~", "None") else value
 
@@ -353,6 +324,8 @@ def build_parser():
                    help="override one parameter (VALUE is read as YAML: 3, 0.5, [1, 2], true, text)")
     p.add_argument("--list", action="store_true", help="list the profiles and notebooks (with their parameters) and exit")
     p.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    p.add_argument("-v", "--log-output", action="store_true",
+                   help="show what the notebooks print as they run (their own progress bars included)")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed or failed run: keep the leading notebooks it finished on this commit "
                         "(clean tree, same parameters) and run the rest")
@@ -361,7 +334,8 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None, notebooks_dir: str | Path | None = None,
          results_root: str | Path | None = None, profiles_dir: str | Path | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad arguments)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad arguments or a
+    broken profile, named with its file and line)."""
     from .profiles import available_profiles
 
     args = build_parser().parse_args(argv)
@@ -378,7 +352,8 @@ def main(argv: Sequence[str] | None = None, notebooks_dir: str | Path | None = N
                 print(f"{mark} {nb.name}  {params}")
             return 0
         run_notebooks(args.profile, args.only, overrides, notebooks_dir=notebooks_dir, results_root=results_root,
-                      profiles_dir=profiles_dir, progress_bar=not args.no_progress, resume=args.resume)
+                      profiles_dir=profiles_dir, progress_bar=not args.no_progress, resume=args.resume,
+                      log_output=args.log_output)
     except NotebookFailed as exc:
         print("\n" + exc.message(), file=sys.stderr, flush=True)
         return 1

@@ -1,6 +1,7 @@
-"""Profiles and the validators used in every notebook's first code cell."""
+"""Profiles (default.yml holds every parameter; the others extend it) and the validators."""
 from __future__ import annotations
 
+import json
 import math
 
 import nbformat
@@ -8,13 +9,11 @@ import pytest
 import yaml
 
 from icc_utils import NOTEBOOKS_DIR
-from icc_utils.profiles import (available_profiles, check_choice, check_int, check_length_range, check_models,
-                                check_number, check_numbers, check_profile, check_subset, load_profile, load_yaml,
-                                notebook_parameters, parameters_for, profile_path)
+from icc_utils.profiles import (ProfileError, available_profiles, check_choice, check_int, check_length_range,
+                                check_models, check_number, check_numbers, check_profile, check_subset, load_profile,
+                                load_yaml, notebook_parameters, parameters_for, profile_differences, profile_path,
+                                read_profile_file)
 from icc_utils.runner import find_notebooks
-
-#: The notebooks every profile is written for; until all exist, an undeclared key only skips.
-FOUNDATION_NOTEBOOKS = ("00", "01")
 
 
 # ---------------------------------------------------------------- validators
@@ -166,12 +165,67 @@ def test_every_profile_key_is_a_notebook_parameter(name):
     for nb in notebooks:
         declared |= set(notebook_parameters(nb))
     unused = sorted(set(load_profile(name)) - declared)
-    numbers = {nb.name[:2] for nb in notebooks}
-    missing = [n for n in FOUNDATION_NOTEBOOKS if n not in numbers]
-    if unused and missing:
-        pytest.skip(f"keys {unused} not declared yet; notebooks {missing} do not exist yet")
     assert not unused, (f"profile {name!r} has keys that no notebook declares in its parameters cell: {unused} "
                         f"(notebooks: {[nb.name for nb in notebooks]})")
+
+
+def _same(a, b) -> bool:
+    """Equal with the same types (``1`` is not ``1.0``, ``True`` is not ``1``)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@pytest.mark.parametrize("name", [n for n in available_profiles() if n != "default"])
+def test_other_profiles_extend_default_and_hold_only_their_differences(name):
+    own, _ = read_profile_file(name)
+    assert own.get("extends") == "default"
+    default = load_profile("default")
+    repeats = sorted(k for k, v in profile_differences(name).items() if _same(v, default[k]))
+    assert not repeats, f"{name}.yml repeats default.yml's values of {repeats}: delete those lines"
+    merged = load_profile(name)
+    assert list(merged) == list(default)
+    assert all(_same(merged[k], v) for k, v in profile_differences(name).items())
+
+
+def test_default_profile_extends_nothing():
+    own, _ = read_profile_file("default")
+    assert "extends" not in own and own["profile"] == "default"
+
+
+def _profiles(tmp_path, **files):
+    for name, text in files.items():
+        (tmp_path / f"{name}.yml").write_text(text)
+    return tmp_path
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    d = _profiles(tmp_path, base="profile: base\nn: 1\nm: [1, 2\nk: 3\n")
+    with pytest.raises(ProfileError) as e:
+        load_profile("base", d)
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'base.yml'}, line 4, column 2: YAML syntax error: ")
+    assert "unicode string" not in msg
+
+
+def test_a_duplicate_key_is_an_error_naming_the_file_line_and_key(tmp_path):
+    d = _profiles(tmp_path, base="profile: base\nn: 1\nm: 2\nn: 3\n")
+    with pytest.raises(ProfileError, match=r"base.yml, line 4, column 1: duplicate key 'n' \(first on line 2\)"):
+        load_profile("base", d)
+    with pytest.raises(ProfileError, match="duplicate key 'a'"):
+        load_yaml("x: {a: 1, a: 2}")
+
+
+def test_extends_merges_and_rejects_unknown_keys_bases_and_cycles(tmp_path):
+    d = _profiles(tmp_path, base="profile: base\nn: 1\nm: [1, 2]\n", small="extends: base\nn: 2\n",
+                  tiny="extends: small\nm: []\n", typo="extends: base\n\nnn: 2\n", nobase="extends: nope\n",
+                  loop1="extends: loop2\n", loop2="extends: loop1\n")
+    assert load_profile("small", d) == {"profile": "small", "n": 2, "m": [1, 2]}
+    assert load_profile("tiny", d) == {"profile": "tiny", "n": 2, "m": []}
+    with pytest.raises(ProfileError, match=r"typo.yml, line 3: 'nn' is not a parameter of the base profile 'base'"):
+        load_profile("typo", d)
+    with pytest.raises(ProfileError, match=r"nobase.yml, line 1: extends='nope' is not a known profile"):
+        load_profile("nobase", d)
+    with pytest.raises(ProfileError, match="cycle: loop1 -> loop2 -> loop1"):
+        load_profile("loop1", d)
 
 
 # ---------------------------------------------------------------- parameters_for

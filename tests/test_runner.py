@@ -6,6 +6,8 @@ import json
 import nbformat
 import pytest
 
+import sys
+
 from icc_utils.runner import NotebookFailed, find_notebooks, main, run_notebooks, select_notebooks
 
 
@@ -18,8 +20,9 @@ def _write_notebook(path, params_src, body_src):
     nbformat.write(nb, path)
 
 
-WRITE_FILE = ('from pathlib import Path\n'
-              'Path(out_name).write_text(f"{profile} {n} {tag}")')
+WRITE_FILE = ('import os, sys\nfrom pathlib import Path\n'
+              'Path(out_name).write_text(f"{profile} {n} {tag}")\n'
+              'print("cwd:", os.getcwd(), "python:", sys.prefix, "file:", Path(out_name).resolve())')
 
 
 @pytest.fixture
@@ -48,7 +51,11 @@ def test_find_and_select_notebooks(project):
         select_notebooks(nbs, ["07"])
 
 
-def test_run_executes_in_order_with_parameters(project, capsys):
+def test_run_executes_in_order_with_parameters(project, capsys, monkeypatch):
+    from icc_utils import runinfo
+
+    root = project["notebooks_dir"].parent   # the project of this test: paths inside it become relative
+    monkeypatch.setattr(runinfo, "PROJECT_ROOT", root)
     info = run_notebooks("tiny", overrides={"tag": "override"}, progress_bar=False, **project)
     nbs, out = project["notebooks_dir"], project["results_root"] / "tiny"
     # parameters: the profile's declared keys, then the override; cwd is the notebooks folder
@@ -62,9 +69,20 @@ def test_run_executes_in_order_with_parameters(project, capsys):
     first_injected = [c for c in nbformat.read(out / "00_first.ipynb", as_version=4).cells
                       if "injected-parameters" in c.metadata.get("tags", [])][0].source
     assert "unused_elsewhere" not in first_injected  # a key 00 does not declare is not passed to it
+    for name in ("00_first.ipynb", "01_second.ipynb"):   # no folder of this machine in the executed notebooks
+        text = (out / name).read_text()
+        assert str(root) not in text and sys.prefix not in text
+        assert "cwd: notebooks python: <python> file: notebooks/" in text
+        meta = json.loads(text)["metadata"]["papermill"]
+        assert (meta["input_path"], meta["output_path"]) == (f"notebooks/{name}", f"results/tiny/{name}")
     runinfo = json.loads((out / "RUNINFO.json").read_text())
     assert runinfo == info
     assert runinfo["status"] == "ok" and runinfo["profile"] == "tiny"
+    assert runinfo["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in runinfo["threads"]
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# results/tiny\n") and "status **ok**" in readme and "torch threads" in readme
+    assert "| [00_first.ipynb](00_first.ipynb) | ok |" in readme and "| [01_second.ipynb](01_second.ipynb) | ok |" in readme
+    assert "    python -m icc_utils.run --profile tiny -p tag override\n" in readme
     assert list(runinfo["notebooks"]) == ["00_first.ipynb", "01_second.ipynb"]
     for entry in runinfo["notebooks"].values():
         assert entry["status"] == "ok" and entry["seconds"] > 0
@@ -155,6 +173,63 @@ def test_bad_arguments_fail_before_running_anything(project, capsys):
     assert main(["--profile", "tiny", "--list", "-p", "n", "[1, 2]"], **project) == 0
     listing = capsys.readouterr().out
     assert "00_first.ipynb" in listing and "'n': [1, 2]" in listing
+
+
+def test_log_output_shows_what_the_notebooks_print(project, capsys):
+    run_notebooks("tiny", only=["00"], progress_bar=False, **project)
+    assert "cwd:" not in capsys.readouterr().err
+    assert main(["--profile", "tiny", "--only", "00", "--no-progress", "-v"], **project) == 0
+    assert "cwd:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, where", [
+    ("profile: tiny\nn: [1, 2\ntag: x\n", "tiny.yml, line 3, column 4: YAML syntax error"),
+    ("profile: tiny\nn: 5\ntag: a\nn: 6\n", "tiny.yml, line 4, column 1: duplicate key 'n' (first on line 2)"),
+])
+def test_a_broken_profile_exits_2_naming_file_and_line(project, capsys, text, where):
+    (project["profiles_dir"] / "tiny.yml").write_text(text)
+    for argv in (["--profile", "tiny"], ["--profile", "tiny", "--list"]):
+        assert main(argv, **project) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and where in err and "Traceback" not in err
+    assert not project["results_root"].exists()
+
+
+def test_the_command_exits_2_on_a_broken_profile_without_a_traceback(tmp_path):
+    """``python -m icc_utils.run`` itself (a subprocess): exit status 2, one line naming the file."""
+    import os
+    import subprocess
+
+    from icc_utils import PROJECT_ROOT
+
+    script = f"import sys; from icc_utils.runner import main; sys.exit(main(sys.argv[1:], profiles_dir={str(tmp_path)!r}))"
+    (tmp_path / "bad.yml").write_text("profile: bad\nn: 1\nn: 2\n")
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    proc = subprocess.run([sys.executable, "-c", script, "--profile", "bad", "--list"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "bad.yml, line 3, column 1: duplicate key 'n'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_portable_notebook_makes_paths_relative_and_leaves_images(tmp_path):
+    from icc_utils import NOTEBOOKS_DIR, PROJECT_ROOT
+    from icc_utils.runinfo import portable_notebook
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(1)")
+    png = "iVBORw0KGgo" + str(PROJECT_ROOT)  # image data is never rewritten
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"saved {PROJECT_ROOT}/results/default/x.png\n"),
+                    nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": f"{PROJECT_ROOT}"})]
+    nb.cells = [cell]
+    nb.metadata["papermill"] = {"input_path": "/elsewhere/in.ipynb", "output_path": "/elsewhere/out.ipynb"}
+    executed = tmp_path / "01_zero_shot_numeric.ipynb"
+    nbformat.write(nb, executed)
+    portable_notebook(executed, NOTEBOOKS_DIR / "01_zero_shot_numeric.ipynb")
+    out = nbformat.read(executed, as_version=4)
+    assert out.metadata["papermill"]["input_path"] == "notebooks/01_zero_shot_numeric.ipynb"
+    assert out.cells[0].outputs[0].text == "saved results/default/x.png\n"
+    assert out.cells[0].outputs[1].data == {"image/png": png, "text/plain": "."}
 
 
 def test_parameter_values_are_read_as_yaml():
