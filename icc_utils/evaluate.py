@@ -233,3 +233,26 @@ def zero_shot_findings(summary: pd.DataFrame, paper: pd.DataFrame, n_clusters: i
             lines.append(f"- {name} ({g['method'].iloc[0]}): mean {g['accuracy'].mean():.3f}; largest-df minus smallest-df "
                          f"{g['accuracy'].iloc[-1] - g['accuracy'].iloc[0]:+.3f}.")
     return "\n".join(lines)
+
+
+def reply_samples(backends: dict, episodes: Sequence, profile: str, constrained_modes: Sequence[bool] = (False,),
+                  known_k: bool = True, k: int = 5) -> pd.DataFrame:
+    """The raw replies behind a table, for readers: the first ``k`` episodes of each cell for every LLM
+    backend and decoding mode (read back from the reply cache, so nothing is generated twice): prompt id,
+    reply text, parsed labels and whether the reply was well-formed."""
+    from .data import select
+
+    shown = select(episodes, n_per_cell=k)
+    rows = []
+    for b in backends.values():
+        if b.kind == "classical" or not getattr(b, "available", True):
+            continue
+        for constrained in [m for m in constrained_modes if not (m and b.kind == "openai")]:
+            preds = b.predict(shown, known_k=known_k, constrained=constrained, cache=reply_cache(profile, b.name),
+                              desc=f"{b.name} replies")
+            label = method_label(b.kind, known_k, constrained)
+            rows += [{"model": display_name(b.name), "method": label, "episode_id": ep.id, "n_points": ep.n_points,
+                      "n_clusters": ep.n_clusters, "reply": p.reply, "labels": " ".join(map(str, p.labels)),
+                      "well_formed": bool(p.well_formed)} for ep, p in zip(shown, preds)]
+    return pd.DataFrame(rows, columns=["model", "method", "episode_id", "n_points", "n_clusters", "reply", "labels",
+                                       "well_formed"])
