@@ -57,7 +57,8 @@ def evaluate(backend, episodes: Sequence, profile: str, known_k: bool = True, co
              method: str | None = None) -> pd.DataFrame:
     """Predict with ``backend`` (cached for LLMs) and score every episode."""
     cache = reply_cache(profile, backend.name) if backend.kind != "classical" else None
-    label = method if method is not None else (method_label(backend.kind, known_k, constrained) or backend.name)
+    base = "finetuned" if getattr(backend, "adapter", None) else "zero-shot"
+    label = method if method is not None else (method_label(backend.kind, known_k, constrained, base) or backend.name)
     preds = backend.predict(list(episodes), known_k=known_k, constrained=constrained, cache=cache,
                             desc=f"{backend.name} {label}".strip())
     return score_predictions(episodes, preds, display_name(backend.name), label)
@@ -250,7 +251,7 @@ def reply_samples(backends: dict, episodes: Sequence, profile: str, constrained_
         for constrained in [m for m in constrained_modes if not (m and b.kind == "openai")]:
             preds = b.predict(shown, known_k=known_k, constrained=constrained, cache=reply_cache(profile, b.name),
                               desc=f"{b.name} replies")
-            label = method_label(b.kind, known_k, constrained)
+            label = method_label(b.kind, known_k, constrained, "finetuned" if getattr(b, "adapter", None) else "zero-shot")
             rows += [{"model": display_name(b.name), "method": label, "episode_id": ep.id, "n_points": ep.n_points,
                       "n_clusters": ep.n_clusters, "reply": p.reply, "labels": " ".join(map(str, p.labels)),
                       "well_formed": bool(p.well_formed)} for ep, p in zip(shown, preds)]

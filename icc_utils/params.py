@@ -113,7 +113,9 @@ PARAMS: dict[str, Param] = {
     "unknown_k_n_per_cell": _p(PER_CELL, "01", "unknown-k prompt: episodes per df (of Figure 2's)"),
     # 02_attention_visualization, 03_attention_spectral_clustering
     "model": _p(LOCAL_MODEL, "02 03 04", "the local model of attention and fine-tuning"),
-    "adapter": _p(Adapter(PROJECT_ROOT), "02 03", "PEFT adapter on the model; '' for the pretrained model"),
+    "finetuned_adapter": _p(Adapter(PROJECT_ROOT), "02 03 04",
+                            "the fine-tuned adapter beside the pretrained model: a published name (models/<name>), "
+                            "a folder, or ''"),
     "attn_layer": _p(Int(0, optional=True), "02", "layer of Figures 3, 9, 10; null: the middle layer"),
     "attn_episode_index": _p(Int(0), "02", "which example episode of each cell"),
     "attn_n_points": _p(Int(4, 200), "02", "points of the example episodes"),
@@ -345,7 +347,7 @@ def _cross_06(v: dict) -> None:
 def _derive_adapter(v: dict) -> dict:
     from .validation import check_adapter
 
-    return {"adapter_dir": check_adapter("adapter", v["adapter"], PROJECT_ROOT)}
+    return {"finetuned_dir": check_adapter("finetuned_adapter", v["finetuned_adapter"], PROJECT_ROOT)}
 
 
 def _derive_04(v: dict) -> dict:
@@ -372,7 +374,7 @@ NOTEBOOKS: dict[str, Notebook] = {
     "00": Notebook("00_data.ipynb"),
     "01": Notebook("01_zero_shot_numeric.ipynb", cross=_cross_01),
     "02": Notebook("02_attention_visualization.ipynb",
-                   "from pathlib import Path\n\nfrom icc_utils import attention as A, params as P", derive=_derive_adapter),
+                   "from icc_utils import attention as A, params as P", derive=_derive_adapter),
     "03": Notebook("03_attention_spectral_clustering.ipynb", "from icc_utils import attention as A, params as P",
                    _cross_03, _derive_adapter),
     "04": Notebook("04_lora_finetune_numeric.ipynb", "from icc_utils import finetune as F, params as P",

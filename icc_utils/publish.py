@@ -35,20 +35,6 @@ def published_adapter(name: str) -> Path:
     return path
 
 
-def resolve_adapter(adapter: str) -> str:
-    """An ``adapter`` parameter as a loadable folder: ``""`` (none), a published adapter's name, or a folder."""
-    if not adapter:
-        return ""
-    if "/" not in adapter and (MODELS_DIR / adapter).is_dir():
-        return str(published_adapter(adapter))
-    path = Path(adapter).expanduser()
-    path = path if path.is_absolute() else PROJECT_ROOT / path
-    if not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"adapter={adapter!r} is neither a published adapter (models/<name>) nor a folder "
-                                f"holding {WEIGHTS}")
-    return str(path)
-
-
 def save_weights(src: Path, dst: Path, dtype: str | None = None) -> str:
     """Copy ``src`` (a safetensors file) to ``dst``, cast to bfloat16 when ``dtype`` says so or when the
     float32 file is over :data:`MAX_FILE_BYTES`; returns the dtype written."""

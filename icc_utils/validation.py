@@ -196,15 +196,19 @@ def check_models(name: str, values) -> list[str]:
 
 
 def check_adapter(name: str, value, root: str | Path) -> str | None:
-    """The folder of a PEFT adapter (``adapter_config.json`` inside), resolved against ``root``, or None for ``''``."""
+    """The folder of a PEFT adapter (``adapter_config.json`` inside): a published adapter's name
+    (``root/models/<name>``) or a folder relative to ``root``; None for ``''`` (the pretrained model)."""
     if not isinstance(value, str):
-        raise ValueError(f"{name}={value!r} must be a string: a PEFT adapter folder, or '' for the pretrained model")
+        raise ValueError(f"{name}={value!r} must be a string: a published adapter's name (models/<name>), a PEFT "
+                         "adapter folder, or '' for the pretrained model")
     if not value:
         return None
-    folder = (Path(root) / Path(value).expanduser()).resolve()
+    published = Path(root) / "models" / value
+    folder = published if "/" not in value and published.is_dir() else (Path(root) / Path(value).expanduser()).resolve()
     if not (folder / "adapter_config.json").is_file():
-        raise ValueError(f"{name}={value!r} is not a PEFT adapter folder (no adapter_config.json in {folder}); "
-                         "use '' for the pretrained model")
+        names = sorted(p.parent.name for p in (Path(root) / "models").glob("*/adapter_config.json"))
+        raise ValueError(f"{name}={value!r} is neither a published adapter (models/<name>; published: {names or 'none'}) "
+                         f"nor a PEFT adapter folder (no adapter_config.json in {folder}); use '' for the pretrained model")
     return str(folder)
 
 
@@ -441,7 +445,8 @@ class Adapter(Constraint):
         return value
 
     def __str__(self):
-        return "'' (the pretrained model) or a PEFT adapter folder (adapter_config.json), relative to the repository"
+        return ("'' (the pretrained model), a published adapter's name (models/<name>) or a PEFT adapter folder "
+                "(adapter_config.json), relative to the repository")
 
 
 class Check(Constraint):

@@ -274,7 +274,7 @@ def test_attention_subpackage_has_no_import_cycle_and_short_modules():
         tree = ast.parse(path.read_text())
         deps[path.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
         assert len(path.read_text().splitlines()) <= 500, path.name
-    assert set(deps) >= {"tokens", "aggregate", "extract", "spectral", "analysis", "legacy_report"}
+    assert set(deps) >= {"tokens", "aggregate", "extract", "spectral", "analysis"}
 
     def reach(mod, seen=()):
         for d in deps.get(mod, ()):

@@ -64,11 +64,16 @@ def test_unfinished_runs_are_not_published(tiny_run, tmp_path):
 
 
 def test_adapter_names_resolve_or_fail_clearly(tiny_run, tmp_path, monkeypatch):
+    from icc_utils.validation import check_adapter
+
     monkeypatch.setattr(PB, "MODELS_DIR", tmp_path / "models")
     PB.publish_adapter(tiny_run, tmp_path / "models" / "mine")
-    assert PB.resolve_adapter("mine") == str(tmp_path / "models" / "mine")
-    assert PB.resolve_adapter("") == "" and PB.resolve_adapter(str(tiny_run)) == str(tiny_run)
-    with pytest.raises(FileNotFoundError, match=r"adapter='nope'.*published"):
-        PB.resolve_adapter("nope")
+    assert PB.published_adapter("mine") == tmp_path / "models" / "mine"
     with pytest.raises(FileNotFoundError, match="published: \\['mine'\\]"):
         PB.published_adapter("other")
+    # the notebooks' parameter check resolves the same names (and folders), and names what is published
+    assert check_adapter("finetuned_adapter", "mine", tmp_path) == str(tmp_path / "models" / "mine")
+    assert check_adapter("finetuned_adapter", "", tmp_path) is None
+    assert check_adapter("finetuned_adapter", str(tiny_run), tmp_path) == str(tiny_run)
+    with pytest.raises(ValueError, match=r"finetuned_adapter='nope' is neither.*published: \['mine'\]"):
+        check_adapter("finetuned_adapter", "nope", tmp_path)

@@ -12,19 +12,17 @@ For one episode and a causal LM with its own chat template:
   ``A^II``, and :class:`AttentionSpectralClustering`, a scikit-learn estimator.
 * :mod:`~icc_utils.attention.analysis`: notebooks 02 and 03's analyses (cluster contrast, per-layer
   profile, spectral clustering at every layer, Table 6).
-* :mod:`~icc_utils.attention.legacy_report`: the notebooks' written verdicts.
 
 Everything public is re-exported here: ``from icc_utils import attention as A``.
 """
 from __future__ import annotations
 
 from .aggregate import aggregate_blocks, aggregate_blocks_loop, segment_matrix, segment_runs
-from .analysis import (ANSWER_MODES, answers_for, cluster_contrast, layer_profile, order_by_cluster, output_dir,
-                       sc_layer_scores, sc_summary, table6)
+from .analysis import (ANSWER_MODES, answers_for, choose_layer, cluster_contrast, layer_profile, order_by_cluster,
+                       output_dir, gen_name, sc_at_layer, sc_layer_scores, sc_summary, table6)
 from .extract import (PAPER_N_LAYERS, PAPER_SC_LAYER, AttentionBlocks, decoder_layers, episode_attention,
                       extract_attention_blocks, layer_attention, middle_layer, num_layers, relative_depth_layer,
                       resolve_layers)
-from .legacy_report import attention_findings, compare_methods, sc_claim_report, sc_verdict, verdict_word
 from .spectral import (AttentionSpectralClustering, drop_diagonal, preprocess_affinity, preprocessing_steps,
                        resolve_model_path, row_normalize, scale_rows_by_nonzero, spectral_cluster_attention,
                        symmetrize, use_loaded_model)
@@ -45,7 +43,5 @@ __all__ = [
     "use_loaded_model",
     # notebook analyses
     "ANSWER_MODES", "order_by_cluster", "output_dir", "answers_for", "cluster_contrast", "layer_profile",
-    "sc_layer_scores", "sc_summary", "table6",
-    # written verdicts (to be replaced by icc_utils.report)
-    "compare_methods", "verdict_word", "sc_verdict", "sc_claim_report", "attention_findings",
+    "sc_layer_scores", "sc_summary", "table6", "choose_layer", "sc_at_layer", "gen_name",
 ]

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["ANSWER_MODES", "order_by_cluster", "output_dir", "answers_for", "cluster_contrast", "layer_profile",
-           "sc_layer_scores", "sc_summary", "table6"]
+           "sc_layer_scores", "sc_summary", "table6", "choose_layer", "sc_at_layer", "gen_name"]
 
 
 # ---------------------------------------------------------------- helpers for the notebooks
@@ -154,6 +154,14 @@ def sc_layer_scores(model, tokenizer, episodes: Sequence, model_id: str, exclude
     return pd.DataFrame(rows)
 
 
+def gen_name(method: str) -> str:
+    """Table 6's name of a generation row: ``Gen`` / ``Gen+constrained`` (zero-shot or fine-tuned alike)."""
+    for base in ("zero-shot", "finetuned"):
+        if method == base or method.startswith(base + "+"):
+            return "Gen" + method[len(base):]
+    return method
+
+
 def sc_summary(layer_rows, gen_rows, fixed_layer: int, model_name: str, extra_rows=None):
     """Table 6 rows per (dim, df): SC(opt) (the layer with the best mean accuracy in that cell),
     SC(l<fixed_layer>) and each generation method, mean and standard error over episodes.
@@ -178,7 +186,7 @@ def sc_summary(layer_rows, gen_rows, fixed_layer: int, model_name: str, extra_ro
         if frame is None or not len(frame):
             continue
         for (dim, df, method), g in frame.groupby(["dim", "df", "method"]):
-            name = {"zero-shot": "Gen", "zero-shot+constrained": "Gen+constrained"}.get(method, method)
+            name = gen_name(method)
             out.append({"dim": dim, "df": df, "model": model_name if name.startswith("Gen") else g["model"].iloc[0],
                         "method": name, "layer": -1, "accuracy": float(g["accuracy"].mean()),
                         "accuracy_se": sem(g["accuracy"]), "n": int(len(g))})
@@ -206,3 +214,37 @@ def table6(summary, paper):
     wide = wide.reset_index()
     wide["_o"] = [order[(a, b)] for a, b in zip(wide["model"], wide["method"])]
     return wide.sort_values(["dim", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+def choose_layer(model, tokenizer, episodes: Sequence, val_episodes: Sequence, model_id: str, out: Path,
+                 exclude_diagonal: bool = True):
+    """Notebook 03 for one model: SC on ``A^II`` at every layer for the test ``episodes`` and the
+    ``val_episodes``; ``l*`` is the layer with the best mean validation accuracy (cells weighted equally,
+    ties: the lowest layer), never chosen on the test episodes. Writes ``sc_layers_episodes.csv``,
+    ``sc_layers_summary.csv`` and ``sc_val_layers.csv`` into ``out`` (row caches beside them, so a killed
+    run resumes); returns (test rows per (episode, layer), l*)."""
+    from ..io import write_csv
+    from ..metrics import summarize
+
+    rows = sc_layer_scores(model, tokenizer, episodes, model_id, exclude_diagonal,
+                           cache_path=out / "sc_layers_cache.jsonl", desc="SC on attention (test)")
+    write_csv(out / "sc_layers_episodes.csv", rows)
+    write_csv(out / "sc_layers_summary.csv", summarize(rows, ["dim", "df", "layer"]))
+    val = sc_layer_scores(model, tokenizer, val_episodes, model_id, exclude_diagonal,
+                          cache_path=out / "sc_val_layers_cache.jsonl", desc="SC on attention (validation)")
+    by_layer = (val.groupby(["dim", "df", "layer"])["accuracy"].mean().groupby("layer").mean()
+                .rename("val_accuracy").reset_index())
+    l_star = int(by_layer.loc[by_layer["val_accuracy"].idxmax(), "layer"])
+    write_csv(out / "sc_val_layers.csv", by_layer.assign(chosen=by_layer["layer"] == l_star))
+    return rows, l_star
+
+
+def sc_at_layer(estimator, episodes: Sequence) -> "pd.DataFrame":
+    """Per-episode scores of a fitted-per-episode :class:`AttentionSpectralClustering` (the library estimator),
+    one row per episode (``episode_id``, ``dim``, ``df``, accuracy, ARI, NMI)."""
+    import pandas as pd
+
+    from ..metrics import score
+
+    return pd.DataFrame([{"episode_id": ep.id, "dim": ep.dim, "df": float(ep.params["df"]),
+                          **score(ep.labels, estimator.fit_predict(np.asarray(ep.points)))} for ep in episodes])
