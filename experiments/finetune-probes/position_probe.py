@@ -1,23 +1,25 @@
-"""Where in the answer does the model lose track of which point it is labelling? (issue 4)
+"""Where in the answer does the model lose track of which point it is labelling?
 
 In the paper's answer format a label carries no index: to write label k the model must find the k-th
 point of an unnumbered list. This probe scores, under teacher forcing (every earlier true label in
 context), the model's most likely token at each label's place
-(:func:`icc_utils.finetune.label_position_table`), for the pretrained embedded model and every
+(:func:`probes.label_position_table`), for the pretrained embedded model and every
 ``--adapter``, on held-out validation episodes (``val`` seed split), binned by the label's position.
 Beside it, the same model's accuracy with the points shuffled and the answer kept (what the label
 sequence alone gives it; ``gain`` is the difference) and the rate at which a label repeats its
 predecessor. A model that finds each label's point gains at every position; one that keeps track only
 for the first few labels gains in the first bins only.
 
-Most useful with ``--labels sign`` (see ``benchmarks/finetune_budget.py``): each label can then be read
+Most useful with ``--labels sign`` (see ``experiments/label-controls``): each label can then be read
 off its own point, so the only thing to get right is which point that is.
 
 One row per (model, position bin) in ``--out`` (written as each model is scored; a rerun skips those
 already there). Prints the table, then last: each model's accuracy and gain at positions 1-5 and 31-50.
 
-    python benchmarks/position_probe.py --clusters 2 --dims 1 --eval-dfs 1 100 --labels sign \\
-        --adapter default-1200=results/control-sign/adapter --out results/control-sign/positions.csv
+    .venv/bin/python experiments/finetune-probes/position_probe.py --clusters 2 --dims 1 --eval-dfs 1 100 \\
+        --labels sign --adapter default-1200=experiments/label-controls/control-sign/adapter \\
+        --adapter updates-1200=experiments/label-controls/control-sign-updates/adapter \\
+        --out experiments/label-controls/control-sign-updates/positions.csv
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from icc_utils import finetune as F  # noqa: E402
+from probes import add_probe_args, label_position_table, probe_setup  # noqa: E402  (puts the repository on sys.path)
+
 from icc_utils.io import write_csv  # noqa: E402
 from icc_utils.models import get_backend  # noqa: E402
-from pairing_probe import add_probe_args, probe_setup  # noqa: E402  (this folder is on sys.path when run as a script)
 
 BINS = [0, 5, 10, 20, 30, 50]   # label positions 1-5, 6-10, 11-20, 21-30, 31-50 (episodes have 10-50 points)
 
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
         if name in set(table["model"].astype(str)):
             continue
         backend = get_backend(params["model"], adapter=adapter, dtype="float32")
-        rows = binned(name, F.label_position_table(backend.model, backend.tokenizer, val, seed=params["seed"]))
+        rows = binned(name, label_position_table(backend.model, backend.tokenizer, val, seed=params["seed"]))
         table = pd.concat([table, rows], ignore_index=True) if len(table) else rows
         write_csv(out, table)
         print(f"{name}: teacher-forced gain over shuffled points {rows['gain'].round(3).tolist()} by position bin",
