@@ -6,8 +6,8 @@ Trainer, LoRA on q/k/v/o, answer-only loss), on default-profile training episode
 per device and accumulation read from ``notebooks/profiles/default.yml``: r=16, 1 x 8, so no padding);
 ``--lora-r 64 --per-device 4 --accumulation 2`` is the configuration of earlier measurements. The first
 ``--warmup`` steps are not timed. A matmul probe (512x2048 @ 2048x2048) in fp32 and bf16, best of
-5 trials before and 5 after the training steps, gives this CPU's attainable GFLOP/s (the machine is
-shared: the probe varied from 677 to 850 bf16 GFLOP/s between runs of one afternoon).
+5 trials before and 5 after the training steps, gives this CPU's attainable GFLOP/s (on a shared
+machine it varies between runs, so compare variants within one run).
 
 Training FLOP rate: the standard estimate 6 * N * tokens/s (forward 2N per token, backward
 about 4N: LoRA still needs the activation gradients through every frozen layer, ~2N, plus the
@@ -17,12 +17,9 @@ parameters of the decoder (the LM head runs only on answer tokens, a few percent
 Printed last: the fraction of the better matmul peak that training achieves.
 
 Variants: ``fp32``; ``bf16-torch``, bf16 frozen weights with PyTorch's kernels (sdpa, nn.Dropout); ``bf16``, the
-same with ``icc_utils.kernels`` (what ``kernels="auto"`` picks on a CPU); ``autocast``. Measured on the 2-core AMD
-EPYC with avx512_bf16 (2026-12-03, four runs): ``bf16`` 426-618 tokens/s, 1.20-1.42x ``bf16-torch`` and 2.2-2.7x
-``fp32``; fraction 0.385-0.464 of the bf16 peak; 2026-12-04, a slower machine of the same kind: 292 tokens/s,
-0.461 of its 404 GFLOP/s; the evening of 2026-12-04, a third machine (bf16 peak 410-430): 342-394 tokens/s,
-0.517-0.586 in six runs (the README, Speed). On the AVX2-only AMD EPYC (no avx512_bf16)
-bf16 is emulated and ~20x slower than fp32; there fp32 is what ``auto`` picks.
+same with ``icc_utils.kernels`` (what ``kernels="auto"`` picks on a CPU); ``autocast``. Where the CPU has no native
+bf16 (AVX2 only) bf16 is emulated and far slower than fp32; there fp32 is what ``auto`` picks. The measured numbers
+are in CHANGELOG.md.
 
     python benchmarks/finetune.py [--steps 3] [--warmup 1] [--lora-r 16] [--per-device 1] [--accumulation 8]
                                   [--variants fp32,bf16-torch,bf16,autocast] [--threads 2]

@@ -1,9 +1,9 @@
-"""Faster CPU training kernels for bf16 LoRA fine-tuning (issue 4's "bf16 path done right").
+"""Faster CPU training kernels for bf16 LoRA fine-tuning.
 
-Measured on the 2-core AMD EPYC with avx512_bf16 (2026-12-03; ``benchmarks/finetune.py`` and a torch profile of
-one bf16 LoRA step): PyTorch's CPU flash attention (``sdpa``) ran at about 75 GFLOP/s, a tenth of the machine's
-bf16 matmul rate, and took 40% of the step; the Bernoulli draws of LoRA's dropout (120 per forward) took 13%;
-PEFT's casts of every LoRA branch's input to float32 and back were most of the rest. The replacements:
+On a CPU, a bf16 LoRA step with PyTorch's own kernels spends most of its time outside the matmuls: in the CPU
+flash attention (``sdpa``, far below the machine's bf16 matmul rate), in the Bernoulli draws of LoRA's dropout,
+and in PEFT's casts of every LoRA branch's input to float32 and back (profiles and speeds: CHANGELOG.md and
+``benchmarks/finetune.py``). The replacements:
 
 * :class:`BlockedCausalAttention`: softmax attention in query blocks of ``block`` rows, each against only the keys
   it may see (the masked upper triangle is mostly never computed), as ``bmm`` at matmul speed, with a hand-written
@@ -16,12 +16,11 @@ PEFT's casts of every LoRA branch's input to float32 and back were most of the r
 * :class:`InputDtypeLinear`: the LoRA A and B products run in the base model's dtype (bf16) with the float32
   weights cast down for the product, as ``torch.autocast`` would; weights, gradients and optimiser state stay
   float32.
-
 * :func:`lora_training_forward`: each LoRA layer's training-step forward with a power-of-two ``scaling`` (alpha / r:
   2 in the default, smoke and curriculum profiles, 1/4 in the paper's) applied to the rank-r product instead of the
   d-wide output, added into the base output in place; :class:`FastDropout` applies its mask and scale in one product
   and one in-place fill. Both give the same numbers bit for bit (scaling by a power of two is exact) with fewer
-  passes over d-wide tensors: about 2-4% of a step, measured in one process against the earlier code (2026-12-04).
+  passes over d-wide tensors.
 
 :func:`use_blocked_kernels` switches a PEFT model to all of them (``FinetuneConfig(kernels="blocked")``, the automatic
 choice for bf16 weights on a CPU). They change training steps only: attention falls back to transformers' ``sdpa``

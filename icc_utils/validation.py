@@ -238,6 +238,15 @@ def check_str(name: str, value, allow_empty: bool = False) -> str:
     return value
 
 
+def check_positive(name: str, value, hi: float | None = None) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) > 0, and <= ``hi`` when given."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not ok or value <= 0 or (hi is not None and value > hi):
+        where = f"in (0, {hi}]" if hi is not None else "> 0"
+        raise ValueError(f"{name}={value!r} is out of range; it must be a finite number {where}")
+    return float(value)
+
+
 # ---------------------------------------------------------------- declarative constraints
 # A constraint is called as ``c(name, value)``: it raises a ValueError naming ``name`` and what is allowed,
 # or returns the value (unchanged, except where a class says it normalises). ``str(c)`` says what it allows.

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning (icc_utils.finetune): answer-only labels, answer-only loss, training, adapters, resume."""
+"""LoRA fine-tuning (icc_utils.finetune): answer-only labels, answer-only loss, training, adapters, resume,
+the run identity that decides reuse, progress, and the command line."""
 from __future__ import annotations
 
 import hashlib
@@ -116,81 +117,6 @@ def test_answer_only_loss_equals_full_masked_loss(which, request):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_ours))
 
 
-def test_pairing_gain_measures_point_label_pairing(tiny_llama_dir):
-    """The pairing probe: the true answer's NLL is the training loss summed over the answer; shuffling the
-    points keeps them and the label sequence; with every point equal the shuffled prompt is the true one,
-    so the gain is exactly 0, while with distinct points the prompt (and so the NLL) changes."""
-    from icc_utils.data import Episode
-    from icc_utils.finetune import answer_nll, pairing_gain, shuffled_pairing
-
-    tok = load_tokenizer(tiny_llama_dir)
-    model = lora_model(tiny_llama_dir)
-    ep = episodes(1, seed=4)[0]
-    batch = collate([encode_training_example(tok, ep)], pad_token_id=0)
-    n_answer = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    with torch.no_grad():
-        full = float(model(**batch).loss) * n_answer
-    assert answer_nll(model, tok, ep) == pytest.approx(full, rel=1e-5)
-
-    shuffled = shuffled_pairing(ep, seed=1)
-    assert shuffled.labels == ep.labels and sorted(shuffled.points) == sorted(ep.points)
-    assert shuffled.points != ep.points
-
-    table = pairing_gain(model, tok, [ep], n_shuffles=3, seed=0)
-    assert table.loc[0, "nll_per_point"] == pytest.approx(full / ep.n_points, rel=1e-5)
-    assert table.loc[0, "gain"] != 0.0
-    assert pairing_gain(model, tok, [ep], n_shuffles=3, seed=0).equals(table)     # seeded
-
-    same = Episode(id="same", seed=7, params={**ep.params, "n_clusters": 2, "dim": 2, "n_points": 8},
-                   points=[[1.5, -2.0]] * 8, labels=[0, 0, 1, 0, 1, 1, 0, 1])
-    assert pairing_gain(model, tok, [same], n_shuffles=2).loc[0, "gain"] == 0.0
-    with pytest.raises(ValueError, match="n_shuffles"):
-        pairing_gain(model, tok, [ep], n_shuffles=0)
-
-
-class NextTokenStub(torch.nn.Module):
-    """A stand-in causal LM whose last hidden state at position t is the one-hot of token t + ``shift``
-    (shift 1: it always knows the next token; shift 0: it repeats the current one), with an identity LM head."""
-
-    def __init__(self, vocab_size: int, shift: int):
-        super().__init__()
-        self.shift, self.head = shift, torch.nn.Linear(vocab_size, vocab_size, bias=False)
-        torch.nn.init.eye_(self.head.weight)
-
-    def get_output_embeddings(self):
-        return self.head
-
-    def forward(self, input_ids, **kw):
-        ids = torch.roll(input_ids, -self.shift, dims=1)
-        hidden = torch.nn.functional.one_hot(ids, self.head.in_features).float()
-        return type("Out", (), {"hidden_states": (hidden,)})()
-
-
-def test_teacher_forced_labels_read_each_label_place(tiny_llama_dir):
-    """Teacher-forced guesses at each label's place: all right for a model that knows the next token, none for
-    one that repeats the current token (a bracket or comma precedes every label); the table's repeat baseline
-    is whether a label equals its predecessor."""
-    from icc_utils.finetune import label_position_table, teacher_forced_labels
-
-    tok = load_tokenizer(tiny_llama_dir)
-    ep = episodes(3, seed=5)[2]
-    true, guess = teacher_forced_labels(lora_model(tiny_llama_dir), tok, ep)
-    assert true == list(ep.labels) and len(guess) == ep.n_points
-    assert all(-1 <= g for g in guess)
-    oracle, copier = NextTokenStub(len(tok), shift=1), NextTokenStub(len(tok), shift=0)
-    assert teacher_forced_labels(oracle, tok, ep)[1] == list(ep.labels)
-    assert teacher_forced_labels(copier, tok, ep)[1] == [-1] * ep.n_points
-    table = label_position_table(oracle, tok, [ep])
-    assert table["right"].all() and table["position"].tolist() == list(range(1, ep.n_points + 1))
-    assert table["repeat_right"].tolist() == [False] + [a == b for a, b in zip(ep.labels[1:], ep.labels[:-1])]
-    assert table["shuffled_right"].all()          # the oracle reads the answer, not the points
-    assert not label_position_table(copier, tok, [ep])["right"].any()
-    model = lora_model(tiny_llama_dir)
-    real = label_position_table(model, tok, [ep], seed=1)
-    assert real["right"].tolist() == [g == t for t, g in zip(true, guess)]
-    assert label_position_table(model, tok, [ep], seed=1).equals(real)   # the shuffle is seeded
-
-
 # ---------------------------------------------------------------- data
 
 def test_permutation_augmentation():
@@ -238,7 +164,8 @@ def test_dataset_order_is_seeded(tiny_llama_dir):
     ("lr_schedule", "step"), ("warmup_ratio", 1.0), ("per_device_batch_size", 0),
     ("gradient_accumulation_steps", 1.5), ("n_epochs", 0), ("max_steps", 0), ("n_permutations", 0),
     ("seed", -1), ("bf16", "yes"), ("gradient_checkpointing", 1), ("save_steps", 0), ("logging_steps", 0),
-    ("max_train_seconds", -5), ("dtype", "float16"), ("model", ""),
+    ("max_train_seconds", -5), ("dtype", "float16"), ("model", ""), ("lora_alpha", float("inf")),
+    ("max_train_seconds", float("inf")), ("learning_rate", 1.5), ("kernels", "fast"),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}="):
@@ -254,6 +181,65 @@ def test_config_defaults_are_the_paper_recipe():
     assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown FinetuneConfig fields"):
         FinetuneConfig.from_dict({"lr": 1})
+    with pytest.raises(ValueError, match=r"^target_modules\[1\]=''"):
+        FinetuneConfig(target_modules=["q_proj", ""])
+    assert type(FinetuneConfig(lora_alpha=16).to_dict()["lora_alpha"]) is int   # checked, never converted
+
+
+# ---------------------------------------------------------------- run identity: what decides reuse
+
+#: What train() wrote to train_config.json for the two stages of ``IDENTITY_STAGES`` before the package was split
+#: (the finished runs of an earlier checkout must be reused by this one, byte for byte).
+IDENTITY_CONFIG = {"bf16": False, "dtype": None, "gradient_accumulation_steps": 2, "gradient_checkpointing": False,
+                   "kernels": "auto", "learning_rate": 0.0005, "logging_steps": 1, "lora_alpha": 16, "lora_dropout": 0.05,
+                   "lora_r": 4, "lr_schedule": "cosine", "max_steps": None, "max_train_seconds": None,
+                   "model": "embedded", "n_epochs": 1, "n_permutations": 1, "per_device_batch_size": 1, "save_steps": 50,
+                   "seed": 3, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "warmup_ratio": 0.0}
+IDENTITY_SHA256 = ("bab17e3e4b4c47e3cd2eead4be7f7b563ae4fbdf24368fc1118fba52d20af696",
+                   "762c9d75c224814226ae0143747b7d194d05a0dd56b795e0b75484940d3dbb42")
+IDENTITY_STAGES = [CurriculumStage("easy", 2, 1, 4, points=(4, 8)), CurriculumStage("hard", 3, 2, 4, points=(6, 10))]
+
+
+def test_a_curriculum_trained_by_the_earlier_code_is_reused(tmp_path):
+    """Two finished stages as the code before the split recorded them (train_config.json, an adapter, the last
+    checkpoint, in <out>_stages/1-easy and <out>) are reused as they are, without loading a model: the same
+    defaults, data sha256, starting adapter's sha256, kernels and folder layout; and this code writes the same
+    bytes for the same run."""
+    from icc_utils.finetune import run_identity, stage_dirs
+    from icc_utils.io import write_json
+
+    config = FinetuneConfig(lora_r=4, per_device_batch_size=1, gradient_accumulation_steps=2, seed=3)
+    out = tmp_path / "run" / "adapter"
+    dirs = stage_dirs(IDENTITY_STAGES, out)
+    assert dirs == [tmp_path / "run" / "adapter_stages" / "1-easy", out]
+    weights = b"stage 1 weights"
+    texts = []
+    for k, (d, sha) in enumerate(zip(dirs, IDENTITY_SHA256)):
+        meta = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "config": IDENTITY_CONFIG, "data_sha256": sha,
+                "episodes_seen": 4, "final_loss": 0.25, "finished": True, "global_step": 2, "kernels": "torch",
+                "max_steps": 2, "n_episodes": 4, "n_examples_per_epoch": 4, "train_seconds": 1.5}
+        if k == 1:
+            meta["init_adapter"] = {"name": "1-easy", "sha256": hashlib.sha256(weights).hexdigest()}
+        texts.append(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (d / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+        (d / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+        (d / "adapter_model.safetensors").write_bytes(weights if k == 0 else b"stage 2 weights")
+        (d / "train_config.json").write_text(texts[-1])
+
+    run = train_curriculum(config, IDENTITY_STAGES, out)
+    assert run.finished and run.reused and [r.reused for r in run.stages] == [True, True]
+    assert [(d / "train_config.json").read_text() for d in dirs] == texts            # untouched
+    progress = {"episodes_seen": 4, "final_loss": 0.25, "finished": True, "global_step": 2, "max_steps": 2,
+                "train_seconds": 1.5}
+    for k, d in enumerate(dirs):
+        ours = run_identity(config, IDENTITY_STAGES[k].episodes(3), init_adapter=dirs[0] if k else None)
+        assert write_json(tmp_path / f"ours{k}.json", {**ours, **progress}).read_text() == texts[k]
+    # a weight-changing field or other data is another run; a bookkeeping field is not
+    assert train(replace(config, save_steps=7, max_train_seconds=60.0), IDENTITY_STAGES[0].episodes(3), dirs[0]).reused
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(replace(config, lora_dropout=0.1), IDENTITY_STAGES[0].episodes(3), dirs[0])
+    with pytest.raises(ValueError, match="different config or training data"):
+        train(config, IDENTITY_STAGES[0].episodes(4), dirs[0])
 
 
 # ---------------------------------------------------------------- training
@@ -486,6 +472,53 @@ def test_wall_clock_budget_stops_and_resumes(tiny_llama_dir, tmp_path):
     assert not json.loads((tmp_path / "run" / "train_config.json").read_text())["finished"]
     done = train(tiny_config(tiny_llama_dir, max_steps=5), eps, tmp_path / "run")
     assert done.finished and done.global_step == 5
+
+
+def test_training_shows_progress_with_the_time_left(tiny_llama_dir, tmp_path, capfd):
+    """A progress bar of optimiser steps on stderr, named after the output folder, with the rate and the time left
+    and the last loss; transformers' per-step log dicts are not printed; a resumed run's bar starts at its
+    checkpoint's step."""
+    import re
+
+    eps = episodes(6, seed=8)
+    cfg = tiny_config(tiny_llama_dir, max_steps=3, max_train_seconds=1e-3)
+    assert train(cfg, eps, tmp_path / "progress-run").global_step == 1         # stopped by the time budget
+    first = capfd.readouterr()
+    assert train(replace(cfg, max_train_seconds=None), eps, tmp_path / "progress-run").finished
+    second = capfd.readouterr()
+    assert re.search(r"progress-run: +33%.*1/3 \[", first.err), first.err
+    assert re.search(r"progress-run: +100%.*3/3 \[\d\d:\d\d<\d\d:\d\d, .*step.*loss=", second.err), second.err
+    assert not re.search(r"0/3", second.err)                                   # resumed at step 1, not 0
+    assert "{'loss'" not in first.out + second.out + first.err + second.err
+
+
+def test_the_command_line_trains_the_profiles_adapter(monkeypatch, tmp_path):
+    """``python -m icc_utils.finetune --profile X [--seed N] [--out DIR] [--augmented]``: the profile's curriculum
+    (or notebook 00's training split) with the profile's recipe, the seed and folder given."""
+    import subprocess
+    import sys
+
+    from icc_utils import PROJECT_ROOT, RESULTS_DIR
+    from icc_utils.finetune import cli
+    from icc_utils.profiles import load_profile
+
+    calls = []
+    monkeypatch.setattr(cli, "train_curriculum", lambda config, stages, out: calls.append((config, stages, out)))
+    monkeypatch.setattr(cli, "train", lambda config, episodes, out: calls.append((config, len(episodes), out)))
+    monkeypatch.setattr(cli, "training_episodes", lambda profile, n: [profile] * n)
+    cli.main(["--profile", "curriculum", "--seed", "1", "--out", str(tmp_path / "a")])
+    config, stages, out = calls[-1]
+    profile = load_profile("curriculum")
+    assert [s.name for s in stages] == [s["name"] for s in profile["ft_curriculum"]] and out == tmp_path / "a"
+    assert config.seed == 1 and config.learning_rate == profile["ft_learning_rate"] and config.n_permutations == 1
+    cli.main(["--profile", "default", "--augmented"])
+    config, n, out = calls[-1]
+    default = load_profile("default")
+    assert n == default["ft_n_train_episodes"] and config.seed == default["seed"]
+    assert config.n_permutations == default["ft_aug_permutations"] and out == RESULTS_DIR / "default" / "04" / "adapter_aug"
+    usage = subprocess.run([sys.executable, "-m", "icc_utils.finetune", "--help"], cwd=PROJECT_ROOT, text=True,
+                           capture_output=True, check=True).stdout
+    assert all(option in usage for option in ("--profile", "--seed", "--out", "--augmented"))
 
 
 @pytest.mark.parametrize("kernels", ["torch", "blocked"])

@@ -300,9 +300,10 @@ def test_ft_bf16_auto_follows_the_machine(monkeypatch):
 
 # ---------------------------------------------------------------- the curriculum profile
 
-#: The published runs that the curriculum profile's stages repeat, in order (README, Limitations).
-CURRICULUM_RUNS = ("c2d1-separated-short-updates", "c2d1-separated-curriculum", "c3d3-curriculum-s1",
-                   "c3d3-curriculum-s2", "c3d3-curriculum-s3")
+#: The published runs that the curriculum profile's stages repeat, in order (experiments/curriculum/README.md).
+CURRICULUM_RUNS = tuple(f"experiments/curriculum/{run}" for run in (
+    "c2d1-separated-short-updates", "c2d1-separated-curriculum", "c3d3-curriculum-s1", "c3d3-curriculum-s2",
+    "c3d3-curriculum-s3"))
 #: The recipe fields that change the trained weights and do not depend on the machine (bf16 and kernels do).
 RECIPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "lr_schedule",
                  "warmup_ratio", "per_device_batch_size", "gradient_accumulation_steps", "n_epochs", "n_permutations",
@@ -320,7 +321,7 @@ def test_curriculum_profile_repeats_the_published_stages():
     """Each stage draws the training episodes of the published run it repeats (same sha256), with its recipe."""
     import json
 
-    from icc_utils import RESULTS_DIR
+    from icc_utils import PROJECT_ROOT
     from icc_utils import finetune as F
 
     params = load_profile("curriculum")
@@ -328,6 +329,6 @@ def test_curriculum_profile_repeats_the_published_stages():
     config = F.config_from_params(params, params["model"], params["seed"]).to_dict()
     assert len(stages) == len(CURRICULUM_RUNS)
     for stage, run in zip(stages, CURRICULUM_RUNS):
-        meta = json.loads((RESULTS_DIR / run / "adapter" / "train_config.json").read_text())
+        meta = json.loads((PROJECT_ROOT / run / "adapter" / "train_config.json").read_text())
         assert F.data_sha256(stage.episodes(params["seed"])) == meta["data_sha256"], stage.name
         assert {k: config[k] for k in RECIPE_FIELDS} == {k: meta["config"][k] for k in RECIPE_FIELDS}, stage.name

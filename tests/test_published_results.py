@@ -2,12 +2,14 @@
 
 Checks, without running anything:
 * every figure, table and report file the README's Notebooks table names exists under results/default/;
-* every ``results/...`` link in the README points at a committed file;
+* every ``results/...`` and ``experiments/...`` link in the README points at a committed file;
 * RUNINFO.json records one finished run: every numbered notebook ran with status ok, on one commit, from a clean
   working tree, with the machine and library versions;
-* and one that runs k-means (seconds): ``benchmarks/table1_check.py`` scores the Table 1 episodes notebook 04 scored;
-* the kernels comparison re-scored stage 3 exactly as its own run had.
-* the curriculum's published runs: its profile's stages, its Table 1, the seed-1 replicate's stages.
+* and one that runs k-means (seconds): ``experiments/curriculum/table1_check.py`` scores the Table 1 episodes notebook
+  04 scored;
+* the kernels comparison (``experiments/blocked-kernels``) re-scored stage 3 exactly as its own run had;
+* the curriculum's published runs: its profile's stages, its Table 1, the seed-1 replicate's stages
+  (``experiments/curriculum-seed1``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from icc_utils import PROJECT_ROOT
 from icc_utils.runner import find_notebooks
 
 PUBLISHED = PROJECT_ROOT / "results" / "default"
+EXPERIMENTS = PROJECT_ROOT / "experiments"
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 SUFFIXES = (".png", ".csv", ".json", ".md", ".npz")
 
@@ -74,16 +77,16 @@ def test_every_file_in_the_readme_map_is_published(name):
 
 
 def test_every_results_link_in_the_readme_is_committed():
-    """The README's links into results/ (the default run and the issue-4 diagnostic runs) point at files that exist
-    and are in git, not at files only on the machine that ran them (results/ is ignored; published files are added
-    by hand); once results/default/ is published, the README links some of it (gallery, report)."""
-    links = sorted(set(re.findall(r"\((results/[^)\s#]+)", README)))
-    tracked = set(subprocess.run(["git", "ls-files", "results"], cwd=PROJECT_ROOT, capture_output=True,
+    """The README's links into results/ (the profile runs) and experiments/ (the exploratory runs) point at files
+    that exist and are in git, not at files only on the machine that ran them (results/ is ignored; published files
+    are added by hand); once results/default/ is published, the README links some of it (gallery, report)."""
+    links = sorted(set(re.findall(r"\(((?:results|experiments)/[^)\s#]+)", README)))
+    tracked = set(subprocess.run(["git", "ls-files", "results", "experiments"], cwd=PROJECT_ROOT, capture_output=True,
                                  text=True).stdout.split())
     missing = [link for link in links if not (PROJECT_ROOT / link).exists() or (
         link not in tracked                                                       # a file, or a folder with files
         and not (link.endswith("/") and any(path.startswith(link) for path in tracked)))]
-    assert links and not missing, f"README links results files that are missing or not committed: {missing}"
+    assert links and not missing, f"README links files that are missing or not committed: {missing}"
     if IS_PUBLISHED:
         assert any(link.startswith("results/default/") for link in links), \
             "the README links no published file of results/default/ (gallery, report)"
@@ -114,20 +117,20 @@ def test_runinfo_records_one_clean_finished_run():
 
 
 def _table1_check():
-    """``benchmarks/table1_check.py`` as a module (the benchmarks folder is not a package)."""
+    """``experiments/curriculum/table1_check.py`` as a module (the experiments' folders are not packages)."""
     import importlib
     import sys
 
-    benchmarks = str(PROJECT_ROOT / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
+    folder = str(EXPERIMENTS / "curriculum")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     return importlib.import_module("table1_check")
 
 
 @published
 def test_table1_check_scores_the_episodes_notebook_04_scored():
-    """benchmarks/table1_check.py regenerates Table 1's test episodes from their seeds: k-means on them must give
-    the published notebook-04 k-means row, df by df (same episodes, same order of points)."""
+    """experiments/curriculum/table1_check.py regenerates Table 1's test episodes from their seeds: k-means on them
+    must give the published notebook-04 k-means row, df by df (same episodes, same order of points)."""
     import pandas as pd
 
     table1_episodes = _table1_check().table1_episodes
@@ -168,16 +171,17 @@ def test_table1_check_n_per_df_extends_the_notebooks_episodes():
 
 
 def test_rescore_reproduces_the_training_runs_own_last_evaluation():
-    """``benchmarks/rescore_validation.py`` loaded stage 3's adapter (trained with PyTorch's kernels) and scored it
-    exactly as that run's learning curve did at its last step: the kernels comparison is on equal terms."""
+    """``experiments/blocked-kernels/rescore_validation.py`` loaded stage 3's adapter (trained with PyTorch's kernels)
+    and scored it exactly as that run's learning curve did at its last step: the kernels comparison is on equal
+    terms."""
     import pandas as pd
 
-    root = PROJECT_ROOT / "results"
-    rescored = pd.read_csv(root / "c3d3-curriculum-s3-blocked" / "rescore.csv").set_index("model")
-    own = pd.read_csv(root / "c3d3-curriculum-s3" / "adapter" / "eval_curve.csv").iloc[-1]
+    blocked_run = EXPERIMENTS / "blocked-kernels" / "c3d3-curriculum-s3-blocked"
+    rescored = pd.read_csv(blocked_run / "rescore.csv").set_index("model")
+    own = pd.read_csv(EXPERIMENTS / "curriculum" / "c3d3-curriculum-s3" / "adapter" / "eval_curve.csv").iloc[-1]
     for col in ("accuracy", "well_formed", "ari", "accuracy_df1", "accuracy_df100"):
         assert rescored.loc["s3-torch", col] == pytest.approx(own[col], abs=1e-6), col
-    blocked = json.loads((root / "c3d3-curriculum-s3-blocked" / "adapter" / "train_config.json").read_text())
+    blocked = json.loads((blocked_run / "adapter" / "train_config.json").read_text())
     assert blocked["kernels"] == "blocked" and blocked["finished"]
 
 
@@ -218,7 +222,7 @@ def test_curriculum_run_trained_the_published_stages_to_the_end():
     dirs = F.stage_dirs(stages, CURRICULUM / "04" / "adapter")
     for stage, out, run in zip(stages, dirs, CURRICULUM_RUNS, strict=True):
         meta = json.loads((out / "train_config.json").read_text())
-        bench = json.loads((PROJECT_ROOT / "results" / run / "adapter" / "train_config.json").read_text())
+        bench = json.loads((PROJECT_ROOT / run / "adapter" / "train_config.json").read_text())
         assert meta["finished"] and meta["data_sha256"] == bench["data_sha256"], stage.name
         assert meta["global_step"] == meta["n_episodes"] == stage.n_episodes, stage.name
         assert (out / "eval_curve.csv").is_file() and (out / "loss_curve.csv").is_file(), stage.name
@@ -247,7 +251,7 @@ def test_curriculum_table1_scores_the_default_runs_test_episodes():
 
 @curriculum_published
 def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
-    """results/curriculum-table1-n30 scores the curriculum's adapter (and seed 1's, results/curriculum-seed1) on all
+    """experiments/curriculum-seed1/table1-n30 scores the curriculum's adapter (and seed 1's) on all
     30 Table 1 test episodes per df: the notebook's 15 and the next 15, each once, with k-means on the same episodes;
     its summary is read off its rows."""
     import pandas as pd
@@ -257,7 +261,7 @@ def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
     from icc_utils.metrics import summarize
     from icc_utils.profiles import load_profile
 
-    out = PROJECT_ROOT / "results" / "curriculum-table1-n30"
+    out = EXPERIMENTS / "curriculum-seed1" / "table1-n30"
     rows = pd.read_csv(out / "table1_episodes.csv")
     expected = sorted(e.id for e in table1_episodes(load_profile("default"), n_per_df=30))
     assert {"curriculum", "kmeans", "one label"} <= set(rows["model"])
@@ -273,15 +277,15 @@ def test_curriculum_table1_on_30_episodes_per_df_extends_the_notebooks():
         assert summary.loc[model, "accuracy"].round(6).tolist() == ours.loc[model, "accuracy"].round(6).tolist(), model
 
 
-SEED1 = PROJECT_ROOT / "results" / "curriculum-seed1"
-seed1_published = pytest.mark.skipif(not _committed("results/curriculum-seed1/s5/adapter/train_config.json"),
-                                     reason="results/curriculum-seed1/ is not published: "
-                                     "bash results/curriculum-seed1/run.sh, then git add -f its curves")
+SEED1 = EXPERIMENTS / "curriculum-seed1"
+seed1_published = pytest.mark.skipif(not _committed("experiments/curriculum-seed1/s5/adapter/train_config.json"),
+                                     reason="experiments/curriculum-seed1/ is not published: "
+                                     "bash experiments/curriculum-seed1/run.sh, then git add its curves")
 
 
 @seed1_published
 def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validation_episodes():
-    """results/curriculum-seed1/s1..s5 trained the curriculum profile's five stages with root seed 1: each stage on
+    """experiments/curriculum-seed1/s1..s5 trained the curriculum profile's five stages with root seed 1: each stage on
     the episodes the profile's stage draws with seed 1 (other than seed 0's), with seed 0's recipe but for the seed,
     from the previous seed-1 stage's adapter, to the end; and validated on seed 0's validation episodes (the
     baselines' columns agree to the digit)."""
@@ -295,7 +299,7 @@ def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validati
     baselines = [c for c in pd.read_csv(SEED1 / "s1" / "budget_curve.csv").columns if c.startswith(("kmeans", "one_"))]
     for i, (stage, run) in enumerate(zip(stages, CURRICULUM_RUNS, strict=True)):
         meta = json.loads((SEED1 / f"s{i + 1}" / "adapter" / "train_config.json").read_text())
-        seed0_dir = PROJECT_ROOT / "results" / run
+        seed0_dir = PROJECT_ROOT / run
         seed0 = json.loads((seed0_dir / "adapter" / "train_config.json").read_text())
         assert meta["data_sha256"] == F.data_sha256(stage.episodes(1)) != seed0["data_sha256"], stage.name
         recipe = {k: meta["config"][k] for k in RECIPE_FIELDS}

@@ -1,0 +1,4 @@
+"""``python -m icc_utils.finetune``: see :mod:`icc_utils.finetune.cli`."""
+from .cli import main
+
+main()
