@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from icc_utils.paper import paper_results
 from icc_utils.vision import conditional as C, legacy_report as LR
 from icc_utils.vision.shapes import make_shapes_set
-from icc_utils.paper import paper_results
 
 
 @pytest.fixture(scope="module")

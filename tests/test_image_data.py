@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icc_utils.vision import episodes as E, images as I
 from icc_utils.data import verify_manifest
 from icc_utils.io import sha256_file
+from icc_utils.vision import episodes as E, images as I
 
 
 @pytest.fixture(scope="module")

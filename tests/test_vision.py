@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from icc_utils.vision import tower as T, train as FT, vlm as V  # noqa: E402
 from icc_utils.cache import ReplyCache  # noqa: E402
 from icc_utils.finetune import FinetuneConfig  # noqa: E402
+from icc_utils.vision import tower as T, train as FT, vlm as V  # noqa: E402
 
 
 @dataclass(frozen=True)
