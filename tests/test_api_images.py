@@ -4,7 +4,7 @@ tests/cassettes/openai_image_clustering.json holds chat.completions exchanges in
 format (one 429 rate-limit error among them). A stdlib server on 127.0.0.1 answers them in order
 and checks every incoming request against the one on file: path, model, greedy decoding, the
 prompt's text parts, and the image parts (count, data-URL prefix, PNG format, size and mode).
-The image sets and episodes here are small stand-ins with the fields ``icc_utils.image_data``
+The image sets and episodes here are small stand-ins with the fields ``icc_utils.vision``
 provides, so these tests do not depend on that module.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ CASSETTE = Path(__file__).resolve().parent / "cassettes" / "openai_image_cluster
 DATA_URL = "data:image/png;base64,"
 
 
-# ---------------------------------------------------------------- stand-ins for icc_utils.image_data
+# ---------------------------------------------------------------- stand-ins for icc_utils.vision's
 
 @dataclass
 class StandInImageSet:

@@ -1,13 +1,14 @@
-"""icc_utils.conditional: the probe captioner, paired episodes, Table 3 and the target (no torch)."""
+"""icc_utils.vision.conditional and .legacy_report: the probe captioner, paired episodes, Table 3 and the
+target (no torch)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from icc_utils import conditional as C
-from icc_utils.image_data import make_shapes_set
 from icc_utils.paper import paper_results
+from icc_utils.vision import conditional as C, legacy_report as LR
+from icc_utils.vision.shapes import make_shapes_set
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +94,17 @@ def test_table3_target_and_verdict_from_a_summary():
     assert paper_km.startswith("0.66")                  # the paper's ImageNet colour k-means, 66.40
     assert "(paper) ICC (Large)" in set(t3["method"])
     assert not any("mood" in c for c in t3.columns)     # conditions our data lacks are left out
-    check = C.target_check(summary, ["ICC (Small)"]).set_index("condition")
+    check = LR.conditional_target_check(summary, ["ICC (Small)"]).set_index("condition")
     assert check.loc["color", "meets"] and not check.loc["shape", "meets"]
     assert check.loc["color", "difference"] == pytest.approx(0.20)
-    verdict = C.target_verdict(C.target_check(summary, ["ICC (Small)"]))
+    verdict = LR.conditional_target_verdict(LR.conditional_target_check(summary, ["ICC (Small)"]))
     assert verdict.startswith("NOT met") and "shape c=2: +0.050" in verdict
-    assert C.target_verdict(C.target_check(summary[summary["condition"] == "color"], ["ICC (Small)"])).startswith("met")
+    color_only = LR.conditional_target_check(summary[summary["condition"] == "color"], ["ICC (Small)"])
+    assert LR.conditional_target_verdict(color_only).startswith("met")
 
 
 def test_conditional_prompts_name_the_condition(shapes):
-    from icc_utils.image_data import make_conditional_episodes
+    from icc_utils.vision.episodes import make_conditional_episodes
     from icc_utils.prompts import image_messages
 
     objects = sorted(set(shapes.attributes["object"]))
@@ -126,8 +128,8 @@ def test_findings_state_the_numbers_and_the_verdict():
          "nmi": 0.5},
         {"method": "ICC (Small)", "condition": "color", "n_clusters": 2, "accuracy": 0.66, "accuracy_se": 0.02,
          "nmi": 0.0}])
-    check = C.target_check(summary, ["ICC (Small)"])
-    text = C.findings(summary, check, C.target_verdict(check), None, 600.0)
+    check = LR.conditional_target_check(summary, ["ICC (Small)"])
+    text = LR.conditional_findings(summary, check, LR.conditional_target_verdict(check), None, 600.0)
     assert "- color, c=2: k-means (frozen features) 0.80 ± 0.02; ICC (Small) 0.66 ± 0.02" in text
     assert "ICC (Small) 0.00; k-means (frozen features) 0.50" in text
     assert "NOT met" in text and "10.0 minutes" in text

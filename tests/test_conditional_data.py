@@ -1,4 +1,4 @@
-"""Tests for the text-conditioned image data in icc_utils.image_data: the procedural shapes set,
+"""Tests for the text-conditioned image data in icc_utils.vision: the procedural shapes set,
 combination splits, conditional episodes and the Stanford 40 / ImageNet-attributes loaders."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icc_utils import image_data as imd
+from icc_utils.vision import datasets as D, episodes as E, images as I, shapes as S
 
 
 @pytest.fixture(scope="module")
-def shapes() -> imd.ImageSet:
-    return imd.make_shapes_set(n_images=1200, seed=0)
+def shapes() -> I.ImageSet:
+    return S.make_shapes_set(n_images=1200, seed=0)
 
 
 def _inside(img: np.ndarray) -> np.ndarray:
@@ -29,7 +29,7 @@ def test_shapes_set_structure(shapes):
     assert shapes.name == "shapes"
     assert shapes.images.shape == (1200, 16, 16, 3) and shapes.images.dtype == np.uint8
     assert set(shapes.attributes) == {"shape", "color", "pattern", "object"}
-    assert imd.SHAPES_CONDITIONS == ("shape", "color", "pattern")
+    assert S.SHAPES_CONDITIONS == ("shape", "color", "pattern")
     a = shapes.attributes
     for i in (0, 7, 1199):
         assert a["object"][i] == f"{a['color'][i]} {a['pattern'][i]} {a['shape'][i]}"
@@ -44,9 +44,9 @@ def test_shapes_set_structure(shapes):
 
 
 def test_shapes_set_deterministic_and_seed_dependent():
-    a = imd.make_shapes_set(n_images=60, seed=3)
-    b = imd.make_shapes_set(n_images=60, seed=3)
-    c = imd.make_shapes_set(n_images=60, seed=4)
+    a = S.make_shapes_set(n_images=60, seed=3)
+    b = S.make_shapes_set(n_images=60, seed=3)
+    c = S.make_shapes_set(n_images=60, seed=4)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert a.class_names == b.class_names
@@ -67,7 +67,7 @@ def test_shapes_set_nuisance_variation(shapes):
 
 def test_shapes_attributes_uniform_and_independent(shapes):
     a = shapes.attributes
-    expected = {"shape": imd.SHAPES_SHAPES, "color": tuple(imd.SHAPES_COLORS), "pattern": imd.SHAPES_PATTERNS}
+    expected = {"shape": S.SHAPES_SHAPES, "color": tuple(S.SHAPES_COLORS), "pattern": S.SHAPES_PATTERNS}
     for key, vals in expected.items():
         assert len(vals) >= 3
         counts = {v: int((a[key] == v).sum()) for v in vals}
@@ -136,59 +136,59 @@ def test_shapes_shapes_differ(shapes):
 
 def test_shapes_set_errors():
     with pytest.raises(ValueError, match="n_images"):
-        imd.make_shapes_set(n_images=0)
+        S.make_shapes_set(n_images=0)
     with pytest.raises(ValueError, match="image_size"):
-        imd.make_shapes_set(n_images=5, image_size=2)
-    big = imd.make_shapes_set(n_images=4, seed=1, image_size=32, name="big")
+        S.make_shapes_set(n_images=5, image_size=2)
+    big = S.make_shapes_set(n_images=4, seed=1, image_size=32, name="big")
     assert big.images.shape == (4, 32, 32, 3) and big.name == "big"
 
 
 # ---------------------------------------------------------------- combination split
 
 def test_combination_split_properties(shapes, tmp_path):
-    split = imd.combination_split(shapes, test_fraction=0.3, seed=0)
+    split = S.combination_split(shapes, test_fraction=0.3, seed=0)
     objects = sorted(set(shapes.attributes["object"].tolist()))
     assert set(split["train"]).isdisjoint(split["test"])
     assert sorted(split["train"] + split["test"]) == objects
     assert len(split["test"]) == round(0.3 * len(objects)) and split["seed"] == 0
     parts = lambda obj: dict(zip(("color", "pattern", "shape"), obj.split(" ")))  # noqa: E731
-    for key, vals in (("shape", imd.SHAPES_SHAPES), ("color", imd.SHAPES_COLORS), ("pattern", imd.SHAPES_PATTERNS)):
+    for key, vals in (("shape", S.SHAPES_SHAPES), ("color", S.SHAPES_COLORS), ("pattern", S.SHAPES_PATTERNS)):
         assert {parts(o)[key] for o in split["train"]} == set(vals)
         assert {parts(o)[key] for o in split["test"]} == set(vals)  # default: test covers all values too
-    assert imd.combination_split(shapes, seed=0) == split
-    assert imd.combination_split(shapes, seed=5)["test"] != split["test"]
-    path = imd.write_split(tmp_path / "combo.json", split)
-    assert imd.read_split(path) == split
+    assert S.combination_split(shapes, seed=0) == split
+    assert S.combination_split(shapes, seed=5)["test"] != split["test"]
+    path = I.write_split(tmp_path / "combo.json", split)
+    assert I.read_split(path) == split
     assert json.loads(path.read_text())["test"] == split["test"]
 
 
 def test_combination_split_impossible():
     # two objects sharing no value: any split leaves some value out of train
-    s = imd.ImageSet("tiny", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), ["a", "b"],
-                     attributes={"object": np.array(["a", "b"]), "color": np.array(["red", "blue"])})
+    s = I.ImageSet("tiny", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), ["a", "b"],
+                   attributes={"object": np.array(["a", "b"]), "color": np.array(["red", "blue"])})
     with pytest.raises(ValueError, match="every value"):
-        imd.combination_split(s, test_fraction=0.5, conditions=("color",), max_tries=50)
+        S.combination_split(s, test_fraction=0.5, conditions=("color",), max_tries=50)
     with pytest.raises(ValueError, match="test_fraction"):
-        imd.combination_split(s, test_fraction=1.5, conditions=("color",))
-    bad = imd.ImageSet("bad", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 0]), ["a"],
-                       attributes={"object": np.array(["a", "a"]), "color": np.array(["red", "blue"])})
+        S.combination_split(s, test_fraction=1.5, conditions=("color",))
+    bad = I.ImageSet("bad", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 0]), ["a"],
+                     attributes={"object": np.array(["a", "a"]), "color": np.array(["red", "blue"])})
     with pytest.raises(ValueError, match="different attribute values"):
-        imd.combination_split(bad, conditions=("color",))
+        S.combination_split(bad, conditions=("color",))
 
 
 # ---------------------------------------------------------------- conditional episodes
 
 def test_conditional_episodes_follow_condition(shapes):
-    split = imd.combination_split(shapes, seed=0)
+    split = S.combination_split(shapes, seed=0)
     test_objects = set(split["test"])
-    eps = imd.make_conditional_episodes(shapes, split["test"], imd.SHAPES_CONDITIONS, [2, 3], 4,
-                                        root_seed=1, split="test")
+    eps = E.make_conditional_episodes(shapes, split["test"], S.SHAPES_CONDITIONS, [2, 3], 4,
+                                      root_seed=1, split="test")
     assert len(eps) == 3 * 2 * 4
     assert len({e.id for e in eps}) == len(eps)
     assert eps[0].id == "test-shapes-shape-c2-0000" and eps[-1].id == "test-shapes-pattern-c3-0003"
     for e in eps:
         cond = e.params["condition"]
-        assert cond in imd.SHAPES_CONDITIONS and cond in e.id
+        assert cond in S.SHAPES_CONDITIONS and cond in e.id
         assert e.params["dataset"] == "shapes" and e.params["n_objects"] == len(test_objects)
         assert 10 <= e.n_points <= 30 and len(set(e.indices)) == e.n_points
         assert sorted(set(e.labels)) == list(range(e.n_clusters))
@@ -201,47 +201,47 @@ def test_conditional_episodes_follow_condition(shapes):
         for (i, li), (j, lj) in itertools.combinations(zip(e.indices, e.labels), 2):
             assert (li == lj) == (values[i] == values[j])
     # the same image set clustered by different conditions gives different labelings
-    assert {e.params["condition"] for e in eps} == set(imd.SHAPES_CONDITIONS)
+    assert {e.params["condition"] for e in eps} == set(S.SHAPES_CONDITIONS)
 
 
 def test_conditional_episodes_deterministic_and_split_seeds(shapes):
-    split = imd.combination_split(shapes, seed=0)
-    a = imd.make_conditional_episodes(shapes, split["test"], ["color"], [2, 4], 3, root_seed=2, split="test")
-    b = imd.make_conditional_episodes(shapes, list(reversed(split["test"])), ["color"], [2, 4], 3,
-                                      root_seed=2, split="test")
+    split = S.combination_split(shapes, seed=0)
+    a = E.make_conditional_episodes(shapes, split["test"], ["color"], [2, 4], 3, root_seed=2, split="test")
+    b = E.make_conditional_episodes(shapes, list(reversed(split["test"])), ["color"], [2, 4], 3,
+                                    root_seed=2, split="test")
     assert a == b
-    tr = imd.make_conditional_episodes(shapes, split["train"], ["color"], [2, 4], 3, root_seed=2, split="train")
+    tr = E.make_conditional_episodes(shapes, split["train"], ["color"], [2, 4], 3, root_seed=2, split="train")
     assert {e.seed for e in a}.isdisjoint({e.seed for e in tr})
     assert all(shapes.attributes["object"][i] in set(split["train"]) for e in tr for i in e.indices)
-    other = imd.make_conditional_episodes(shapes, split["test"], ["shape"], [2, 4], 3, root_seed=2, split="test")
+    other = E.make_conditional_episodes(shapes, split["test"], ["shape"], [2, 4], 3, root_seed=2, split="test")
     assert {e.seed for e in a}.isdisjoint({e.seed for e in other})
-    assert a[0].seed == imd.conditional_seed(2, "test", "color", 2, 0)
+    assert a[0].seed == E.conditional_seed(2, "test", "color", 2, 0)
     # episodes survive the JSONL round trip
-    back = [imd.ImageEpisode.from_dict(json.loads(json.dumps(e.to_dict()))) for e in a]
+    back = [E.ImageEpisode.from_dict(json.loads(json.dumps(e.to_dict()))) for e in a]
     assert back == a
 
 
 def test_conditional_episodes_errors(shapes):
     with pytest.raises(ValueError, match="'texture'"):
-        imd.make_conditional_episodes(shapes, None, ["texture"], [2], 1, root_seed=0, split="test")
+        E.make_conditional_episodes(shapes, None, ["texture"], [2], 1, root_seed=0, split="test")
     with pytest.raises(ValueError, match="not values of 'object'"):
-        imd.make_conditional_episodes(shapes, ["purple solid blob"], ["shape"], [2], 1, root_seed=0, split="test")
+        E.make_conditional_episodes(shapes, ["purple solid blob"], ["shape"], [2], 1, root_seed=0, split="test")
     with pytest.raises(ValueError, match="only 3"):
-        imd.make_conditional_episodes(shapes, None, ["pattern"], [4], 1, root_seed=0, split="test")
+        E.make_conditional_episodes(shapes, None, ["pattern"], [4], 1, root_seed=0, split="test")
 
 
 def test_conditional_episodes_skip_missing_values():
     n = 40
     color = np.array(["red", "blue", "", "ambiguous"] * (n // 4))
     obj = np.array(["o1", "o2"] * (n // 2))
-    s = imd.ImageSet("m", np.zeros((n, 4, 4, 3), np.uint8), np.zeros(n, dtype=np.int64), ["x"],
-                     attributes={"color": color, "object": obj})
-    eps = imd.make_conditional_episodes(s, None, ["color"], [2], 10, root_seed=0, split="test", length_range=(4, 8))
+    s = I.ImageSet("m", np.zeros((n, 4, 4, 3), np.uint8), np.zeros(n, dtype=np.int64), ["x"],
+                   attributes={"color": color, "object": obj})
+    eps = E.make_conditional_episodes(s, None, ["color"], [2], 10, root_seed=0, split="test", length_range=(4, 8))
     used = {i for e in eps for i in e.indices}
     assert used and {color[i] for i in used} == {"red", "blue"}
     assert all(sorted(e.params["classes"]) == ["blue", "red"] for e in eps)
     with pytest.raises(ValueError, match="only 2"):
-        imd.make_conditional_episodes(s, None, ["color"], [3], 1, root_seed=0, split="test", length_range=(4, 8))
+        E.make_conditional_episodes(s, None, ["color"], [3], 1, root_seed=0, split="test", length_range=(4, 8))
 
 
 # ---------------------------------------------------------------- loaders
@@ -252,23 +252,23 @@ def _jpg(path, rgb, size=(20, 14)):
 
 
 def test_clean_attribute_value_rule():
-    assert imd.clean_attribute_value(" red ") == "red"
+    assert D.clean_attribute_value(" red ") == "red"
     for bad in ("", "  ", None, float("nan"), "ambiguous", "Ambiguous", "red;blue", "red|blue", "red, blue"):
-        assert imd.clean_attribute_value(bad) == "", bad
-    assert imd.clean_attribute_value("red", agreement=0.5, min_agreement=2 / 3) == ""
-    assert imd.clean_attribute_value("red", agreement=1.0, min_agreement=2 / 3) == "red"
+        assert D.clean_attribute_value(bad) == "", bad
+    assert D.clean_attribute_value("red", agreement=0.5, min_agreement=2 / 3) == ""
+    assert D.clean_attribute_value("red", agreement=1.0, min_agreement=2 / 3) == "red"
 
 
 def test_loaders_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        imd.load_stanford40_actions(tmp_path)
+        D.load_stanford40_actions(tmp_path)
     assert str(tmp_path / "JPEGImages") in str(err.value)
     with pytest.raises(FileNotFoundError) as err:
-        imd.load_imagenet_attributes(tmp_path)
+        D.load_imagenet_attributes(tmp_path)
     assert str(tmp_path / "images") in str(err.value)
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError) as err:
-        imd.load_imagenet_attributes(tmp_path)
+        D.load_imagenet_attributes(tmp_path)
     assert str(tmp_path / "attributes.csv") in str(err.value) and "color" in str(err.value)
 
 
@@ -288,7 +288,7 @@ def test_load_stanford40_actions(tmp_path):
         "applauding_001.jpg,applauding,joyful,concert hall\n"
         "brushing_teeth_001.jpg,brushing_teeth,calm,bathroom\n"
         "brushing_teeth_002.jpg,brushing_teeth,ambiguous,bathroom\n")
-    s = imd.load_stanford40_actions(root, image_size=8)
+    s = D.load_stanford40_actions(root, image_size=8)
     assert s.name == "stanford40" and s.images.shape == (3, 8, 8, 3)
     assert s.class_names == ["applauding", "brushing_teeth"] and s.labels.tolist() == [0, 1, 1]
     assert s.paths == ["JPEGImages/applauding_001.jpg", "JPEGImages/brushing_teeth_001.jpg",
@@ -298,26 +298,26 @@ def test_load_stanford40_actions(tmp_path):
     assert s.attributes["location"].tolist() == ["concert hall", "bathroom", "bathroom"]
     assert s.attributes["split"].tolist() == ["train", "train", "test"]
     assert s.images[0, 4, 4, 0] > 150 and s.images[2, 4, 4, 2] > 150 and s.images[2, 4, 4, 0] < 80
-    test = imd.load_stanford40_actions(root, image_size=8, split="test")
+    test = D.load_stanford40_actions(root, image_size=8, split="test")
     assert test.paths == ["JPEGImages/brushing_teeth_002.jpg"] and test.labels.tolist() == [1]
     # mood episodes skip the image whose mood is ambiguous
-    eps = imd.make_conditional_episodes(s, None, ["mood"], [2], 3, root_seed=0, split="test", length_range=(2, 2))
+    eps = E.make_conditional_episodes(s, None, ["mood"], [2], 3, root_seed=0, split="test", length_range=(2, 2))
     assert all(sorted(e.indices) == [0, 1] for e in eps)
     # a CSV action that contradicts the file name is an error
     (root / "icc_annotations.csv").write_text("image,action,mood,location\napplauding_001.jpg,running,calm,park\n")
     with pytest.raises(ValueError, match="running"):
-        imd.load_stanford40_actions(root, image_size=8)
+        D.load_stanford40_actions(root, image_size=8)
 
 
 def test_load_stanford40_without_csv_or_splits(tmp_path):
     root = tmp_path / "s40"
     _jpg(root / "JPEGImages" / "rowing_a_boat_010.jpg", (10, 10, 10))
     _jpg(root / "JPEGImages" / "applauding_002.jpg", (10, 10, 10))
-    s = imd.load_stanford40_actions(root, image_size=4)
+    s = D.load_stanford40_actions(root, image_size=4)
     assert s.class_names == ["applauding", "rowing_a_boat"]
     assert set(s.attributes) == {"action"}
     with pytest.raises(FileNotFoundError, match="ImageSplits"):
-        imd.load_stanford40_actions(root, image_size=4, split="test")
+        D.load_stanford40_actions(root, image_size=4, split="test")
 
 
 def test_load_imagenet_attributes_filters(tmp_path):
@@ -331,7 +331,7 @@ def test_load_imagenet_attributes_filters(tmp_path):
         "n001/n001_1.JPEG,goldfish,red,ambiguous,long,smooth,1.0\n"
         "n001_2.JPEG,,blue,striped,,\"shiny;wet\",0.33\n"
         "n002/n002_1.JPEG,frog,green,spotted,round,ambiguous,\n")
-    s = imd.load_imagenet_attributes(root, image_size=6)
+    s = D.load_imagenet_attributes(root, image_size=6)
     assert s.name == "imagenet-attributes" and s.images.shape == (3, 6, 6, 3)
     assert s.paths == ["images/n001/n001_1.JPEG", "images/n001/n001_2.JPEG", "images/n002/n002_1.JPEG"]
     a = s.attributes
@@ -341,10 +341,10 @@ def test_load_imagenet_attributes_filters(tmp_path):
     assert a["shape"].tolist() == ["long", "", "round"]
     assert a["texture"].tolist() == ["smooth", "", ""]  # multi-valued and ambiguous dropped
     assert s.class_names == ["frog", "goldfish", "n001"] and s.labels.tolist() == [1, 2, 0]
-    loose = imd.load_imagenet_attributes(root, image_size=6, min_agreement=0.0)
+    loose = D.load_imagenet_attributes(root, image_size=6, min_agreement=0.0)
     assert loose.attributes["color"].tolist() == ["red", "blue", "green"]
-    eps = imd.make_conditional_episodes(s, None, ["pattern"], [2], 3, root_seed=0, split="test", length_range=(2, 2))
+    eps = E.make_conditional_episodes(s, None, ["pattern"], [2], 3, root_seed=0, split="test", length_range=(2, 2))
     assert all(sorted(e.indices) == [1, 2] for e in eps)  # image 0 (ambiguous pattern) skipped
-    eps = imd.make_conditional_episodes(s, ["goldfish", "frog"], ["shape"], [2], 2, root_seed=0, split="test",
-                                        length_range=(2, 2))
+    eps = E.make_conditional_episodes(s, ["goldfish", "frog"], ["shape"], [2], 2, root_seed=0, split="test",
+                                      length_range=(2, 2))
     assert all(sorted(e.indices) == [0, 2] for e in eps)

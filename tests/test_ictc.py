@@ -1,4 +1,4 @@
-"""IC|TC baseline (icc_utils.ictc): prompts, fallback rules, backends and caching, with a scripted
+"""IC|TC baseline (icc_utils.vision.ictc): prompts, fallback rules, backends and caching, with a scripted
 fake chat model; one test (marked ``embedded``) runs the real embedded model."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icc_utils import ictc
 from icc_utils.cache import ReplyCache, cache_key
-from icc_utils.ictc import (ASSIGN_MAX_TOKENS, LABEL_MAX_TOKENS, assign_captions, assign_index, ictc_cluster,
-                            ictc_episodes, label_captions, local_chat_fn, merge_labels, merge_max_tokens,
-                            normalize_label, openai_chat_fn, parse_names)
-from icc_utils.image_data import ImageEpisode
 from icc_utils.models import LocalChatModel
+from icc_utils.vision import ictc
+from icc_utils.vision.episodes import ImageEpisode
+from icc_utils.vision.ictc import (ASSIGN_MAX_TOKENS, LABEL_MAX_TOKENS, assign_captions, assign_index,
+                                   ictc_cluster, ictc_episodes, label_captions, local_chat_fn, merge_labels,
+                                   merge_max_tokens, normalize_label, openai_chat_fn, parse_names)
 
 # ---------------------------------------------------------------- a scripted fake chat model
 

@@ -8,9 +8,11 @@ import pytest
 
 from icc_utils import DATA_DIR, RESULTS_DIR
 from icc_utils.data import verify_manifest
-from icc_utils.image_data import load_image_episodes, make_shapes_set, read_split
 from icc_utils.profiles import load_profile
 from icc_utils.runner import run_notebooks
+from icc_utils.vision.episodes import load_image_episodes
+from icc_utils.vision.images import read_split
+from icc_utils.vision.shapes import make_shapes_set
 
 PROFILE = "smoke"
 RES = RESULTS_DIR / PROFILE / "06"

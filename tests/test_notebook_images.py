@@ -8,8 +8,9 @@ import pytest
 
 from icc_utils import DATA_DIR, RESULTS_DIR
 from icc_utils.data import verify_manifest
-from icc_utils.image_data import load_image_episodes, read_split
 from icc_utils.runner import run_notebooks
+from icc_utils.vision.episodes import load_image_episodes
+from icc_utils.vision.images import read_split
 
 PROFILE = "smoke"
 RES = RESULTS_DIR / PROFILE / "05"

@@ -1,4 +1,5 @@
-"""icc_utils.vision on tiny random LLaVA models (SigLIP-architecture tower + tiny Llama / Qwen2 text model)."""
+"""icc_utils.vision (tower, vlm, train) on tiny random LLaVA models (SigLIP-architecture tower + tiny Llama /
+Qwen2 text model)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from icc_utils import vision as V  # noqa: E402
 from icc_utils.cache import ReplyCache  # noqa: E402
 from icc_utils.finetune import FinetuneConfig  # noqa: E402
+from icc_utils.vision import tower as T, train as FT, vlm as V  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def _imageset(n_per_class: int = 12, seed: int = 0) -> _Set:
 @pytest.fixture(scope="module")
 def tower_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tower")
-    rec = V.pretrain_tower(_imageset(), ["top", "bottom"], d,
-                           V.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    rec = T.pretrain_tower(_imageset(), ["top", "bottom"], d,
+                           T.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=64, epochs=15, batch_size=8))
     return d, rec
 
@@ -141,14 +142,14 @@ def test_tower_can_learn_attribute_heads_instead_of_classes(tmp_path):
     attrs = {"half": np.array([["top", "bottom", "left"][l] for l in base.labels]),
              "parity": np.array(["even" if l % 2 == 0 else "odd" for l in base.labels])}
     s = _Set("toy-attrs", base.images, base.labels, attributes=attrs)
-    cfg = V.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, epochs=15,
+    cfg = T.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, epochs=15,
                         batch_size=8)
-    rec = V.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg, attribute_keys=["half", "parity"])
+    rec = T.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg, attribute_keys=["half", "parity"])
     assert rec["targets"] == ["half", "parity"] and rec["classes"] == {"half": ["bottom", "left", "top"],
                                                                        "parity": ["even", "odd"]}
     assert rec["history"][-1]["train_accuracy"] >= 0.9
     # same config and data, other targets: retrained, not reused
-    again = V.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg)
+    again = T.pretrain_tower(s, ["top", "bottom", "left"], tmp_path, cfg)
     assert again["targets"] == ["class"] and again["classes"] == ["bottom", "left", "top"]
 
 
@@ -156,7 +157,7 @@ def test_projector_alignment_trains_only_the_projector(vlm_dir, tmp_path):
     s = _imageset(n_per_class=4)
     caps = [["bright top", "bright bottom", "bright left"][l] for l in s.labels]
     out = tmp_path / "aligned"
-    rec = V.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4, learning_rate=5e-3)
+    rec = FT.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4, learning_rate=5e-3)
     assert [h["kernel"] for h in rec["history"][:4]] == [4, 2, 4, 2]
     assert rec["final_loss"] < rec["history"][0]["loss"]
     before, _, _ = V.load_vlm(str(vlm_dir))
@@ -165,10 +166,10 @@ def test_projector_alignment_trains_only_the_projector(vlm_dir, tmp_path):
     changed = {k for k in b if not torch.equal(b[k], a[k])}
     assert changed and all("multi_modal_projector" in k for k in changed)
     # the aligned directory is a plain LLaVA model; a second call with the same inputs reuses it
-    assert V.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4,
-                             learning_rate=5e-3)["history"] == rec["history"]
+    assert FT.align_projector(vlm_dir, s, caps, out, kernels=(4, 2), epochs=2, batch_size=4,
+                              learning_rate=5e-3)["history"] == rec["history"]
     with pytest.raises(ValueError, match="one per image"):
-        V.align_projector(vlm_dir, s, caps[:-1], tmp_path / "x")
+        FT.align_projector(vlm_dir, s, caps[:-1], tmp_path / "x")
 
 
 def test_embedded_style_llava_prompt_matches_features(vlm_dir):
@@ -181,7 +182,7 @@ def test_embedded_style_llava_prompt_matches_features(vlm_dir):
     image_id = model.config.image_token_id
     assert int((ids == image_id).sum()) == 4 * 4
     with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=V.pixel_values(proc, s.images[ep.indices]))
+        out = model(input_ids=ids, pixel_values=T.pixel_values(proc, s.images[ep.indices]))
     assert out.logits.shape[1] == ids.shape[1]
 
 
@@ -234,7 +235,7 @@ def test_image_finetune_adapter_and_projector_round_trip(vlm_dir, tmp_path):
     eps = [_Ep(f"t{i}", [i, 12 + i, i + 1, 13 + i], [0, 1, 0, 1], {"n_clusters": 2}) for i in range(4)]
     cfg = FinetuneConfig(model="unused", lora_r=4, lora_alpha=8, per_device_batch_size=2,
                          gradient_accumulation_steps=1, save_steps=1, learning_rate=1e-2)
-    res = V.train_image_icc(cfg, vlm_dir, 2, eps, s, tmp_path / "adapter")
+    res = FT.train_image_icc(cfg, vlm_dir, 2, eps, s, tmp_path / "adapter")
     assert res.finished and res.global_step == 2
     files = {p.name for p in (tmp_path / "adapter").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "loss_curve.csv"} <= files
@@ -253,4 +254,4 @@ def test_image_finetune_adapter_and_projector_round_trip(vlm_dir, tmp_path):
     names = [n for n, _ in tuned.named_parameters() if "lora_" in n]
     assert names and all("language_model" in n for n in names)
     # a rerun with the same config and data reuses the finished adapter
-    assert V.train_image_icc(cfg, vlm_dir, 2, eps, s, tmp_path / "adapter").reused
+    assert FT.train_image_icc(cfg, vlm_dir, 2, eps, s, tmp_path / "adapter").reused

@@ -24,12 +24,12 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from .cache import ReplyCache, cache_key
-from .prompts import render_chat
+from ..cache import ReplyCache, cache_key
+from ..prompts import render_chat
 
 if TYPE_CHECKING:  # imported lazily: this module never needs torch itself
-    from .api import OpenAIChatModel
-    from .models import LocalChatModel
+    from ..api import OpenAIChatModel
+    from ..models import LocalChatModel
 
 #: A chat backend: (a batch of chat message lists, max new tokens) -> one greedy reply per list.
 ChatFn = Callable[[list[list[dict]], int], list[str]]
@@ -366,7 +366,7 @@ def openai_chat_fn(client: "OpenAIChatModel", cache: ReplyCache | None = None) -
             store.put(keys[i], {"reply": reply, "usage": dict(usage or {}), "backend": "openai",
                                 "model": model_id, "decoding": decoding, "method": "ictc"})
 
-        from .api import run_requests
+        from ..api import run_requests
 
         run_requests([((list(batch[i]), k), (i,)) for i in todo], client.chat, finish,
                      int(getattr(client, "max_workers", 1) or 1))
@@ -382,7 +382,7 @@ def chat_fn_for(name: str, cache: ReplyCache | None = None, batch_size: int = 8,
     Returns ``(chat, "")``, or ``(None, reason)`` when an API model has no key / base URL
     configured (the caller skips IC|TC with a visible note). A classical method is not a chat model.
     """
-    from .models import get_backend, model_kind
+    from ..models import get_backend, model_kind
 
     kind = model_kind(name)
     if kind == "classical":

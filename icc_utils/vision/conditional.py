@@ -1,17 +1,18 @@
-"""Text-conditioned image clustering (Section 5, notebook 06): captions, paired episodes, Table 3.
+"""Text-conditioned image clustering (Section 5, notebook 06): data, captions, paired episodes, Table 3.
 
-The episodes themselves come from :func:`icc_utils.image_data.make_conditional_episodes`, the
-models from :mod:`icc_utils.vision` and IC|TC from :mod:`icc_utils.ictc`. This module holds what
-only notebook 06 needs:
+The episodes themselves come from :func:`icc_utils.vision.episodes.make_conditional_episodes`,
+the models from :mod:`icc_utils.vision.vlm` and IC|TC from :mod:`icc_utils.vision.ictc`. This
+module holds what only notebook 06 needs:
 
+* :func:`load_conditional_set`, :func:`object_split`, :func:`objects_subset`: its data;
 * :func:`fit_attribute_probes` / :func:`probe_captions`: a captioner without a language model
   (``cond_captioner="probes"``): one linear probe per attribute on the frozen tower's features,
   fitted on the *training* images only, its predictions filled into a template
   (``"a red striped circle"``). The default instead lets the stand-in caption the images itself
-  after its projector was aligned (:func:`icc_utils.vision.align_projector`), as IC|TC does
+  after its projector was aligned (:func:`icc_utils.vision.train.align_projector`), as IC|TC does
   with LLaVA; :func:`caption_accuracy` measures either.
 * :func:`paired_episodes`: the same images under two conditions (Figures 5 and 14).
-* :func:`table3`, :func:`target_check`, :func:`findings`: Table 3 and the issue's target.
+* :func:`add_condition`, :func:`table3`: Table 3.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import canonical_labels
-from .image_data import (IMAGENET_ATTRIBUTE_CONDITIONS, SHAPES_CONDITIONS, STANFORD40_CONDITIONS, ImageEpisode,
-                         ImageSet, is_missing_value)
+from ..data import canonical_labels
+from .baselines import KMEANS_METHOD
+from .datasets import (IMAGENET_ATTRIBUTE_CONDITIONS, STANFORD40_CONDITIONS, load_imagenet_attributes,
+                       load_stanford40_actions)
+from .episodes import ImageEpisode
+from .images import ImageSet, class_disjoint_split, is_missing_value
+from .shapes import SHAPES_CONDITIONS, combination_split, make_shapes_set
 
-#: The k-means row's method name (shared with notebook 05's Table 2).
-KMEANS_METHOD = "k-means (frozen features)"
+
 #: The paper's names for Table 3's methods, keyed by ours.
 PAPER_METHOD_NAMES = {"kmeans": KMEANS_METHOD}
 
@@ -44,31 +48,27 @@ def load_conditional_set(dataset: str, root: str | Path = "", image_size: int = 
     """The image set of notebook 06: the offline shapes (``n_images``, rendered from ``seed``) or the paper's data.
 
     ``imagenet-attributes`` and ``stanford40`` read ``root`` (see
-    :func:`~icc_utils.image_data.load_imagenet_attributes` / ``load_stanford40_actions`` for the layout).
+    :func:`~icc_utils.vision.datasets.load_imagenet_attributes` / ``load_stanford40_actions`` for the layout).
     """
-    from . import image_data as I
-
     if dataset not in CONDITIONAL_DATASETS:
         raise ValueError(f"cond_dataset={dataset!r} is not allowed; choose one of {list(CONDITIONAL_DATASETS)}")
     if dataset == "shapes":
-        return I.make_shapes_set(n_images, seed=seed, image_size=image_size)
+        return make_shapes_set(n_images, seed=seed, image_size=image_size)
     if not str(root):
         raise ValueError(f"cond_dataset={dataset!r} needs cond_data_root: the folder holding the paper's data "
                          "(README, 'Data for the paper profile')")
-    loader = I.load_imagenet_attributes if dataset == "imagenet-attributes" else I.load_stanford40_actions
+    loader = load_imagenet_attributes if dataset == "imagenet-attributes" else load_stanford40_actions
     return loader(root, image_size=image_size)
 
 
 def object_split(imageset: ImageSet, dataset: str, test_fraction: float = 0.3, seed: int = 0) -> dict:
     """Train/test objects: for the shapes, attribute COMBINATIONS never seen in training
-    (:func:`~icc_utils.image_data.combination_split`); for the paper's data, disjoint classes."""
-    from . import image_data as I
-
+    (:func:`~icc_utils.vision.shapes.combination_split`); for the paper's data, disjoint classes."""
     object_key, conditions = CONDITIONAL_DATASETS[dataset]
     if dataset == "shapes":
-        return I.combination_split(imageset, test_fraction, seed, conditions=conditions, object_key=object_key)
+        return combination_split(imageset, test_fraction, seed, conditions=conditions, object_key=object_key)
     objects = sorted({str(v) for v in imageset.attributes[object_key] if not is_missing_value(v)})
-    return I.class_disjoint_split(objects, test_fraction=test_fraction, seed=seed)
+    return class_disjoint_split(objects, test_fraction=test_fraction, seed=seed)
 
 
 def objects_subset(imageset: ImageSet, objects: Sequence[str], object_key: str = "object") -> ImageSet:
@@ -98,7 +98,7 @@ def fit_attribute_probes(features: np.ndarray, attributes: Mapping[str, Sequence
                          seed: int = 0) -> dict:
     """One multinomial logistic regression per condition on frozen image features (training images only).
 
-    Images whose value of a condition is missing (:func:`~icc_utils.image_data.is_missing_value`)
+    Images whose value of a condition is missing (:func:`~icc_utils.vision.images.is_missing_value`)
     are left out of that condition's probe. Returns ``{condition: fitted estimator}``.
     """
     from sklearn.linear_model import LogisticRegression
@@ -233,10 +233,11 @@ def paired_episodes(imageset: ImageSet, objects: Sequence[str] | None, condition
                      f"(at most {most} images had the drawn values); lower n_images")
 
 
-# ---------------------------------------------------------------- Table 3 and the target
+# ---------------------------------------------------------------- Table 3
 
 def add_condition(rows: pd.DataFrame, episodes: Sequence) -> pd.DataFrame:
-    """Per-episode rows (``vision.score_image_rows``) with the episode's condition as a column."""
+    """Per-episode rows (:func:`~icc_utils.vision.baselines.score_image_rows`) with the
+    episode's condition as a column."""
     cond = {ep.id: (ep.params or {}).get("condition") for ep in episodes}
     out = rows.copy()
     out["condition"] = out["episode_id"].map(cond)
@@ -250,7 +251,7 @@ def table3(summary: pd.DataFrame, paper: pd.DataFrame | None = None, paper_datas
     The paper's rows (``paper_dataset``, c=2) follow, prefixed ``(paper)``, in the columns of the
     conditions our data shares with it (other paper conditions are left out: different data).
     """
-    from .metrics import fmt_mean_se
+    from ..metrics import fmt_mean_se
 
     s = summary.copy()
     s["column"] = s["condition"].astype(str) + ", c=" + s["n_clusters"].astype(int).astype(str)
@@ -266,69 +267,3 @@ def table3(summary: pd.DataFrame, paper: pd.DataFrame | None = None, paper_datas
                                                   aggfunc="first", sort=False)])
     wide = wide.reindex(columns=sorted(wide.columns))
     return wide.reset_index().rename(columns={"index": "method"}).fillna("")
-
-
-def target_check(summary: pd.DataFrame, methods: Sequence[str], margin: float = 0.15,
-                 baseline: str = KMEANS_METHOD) -> pd.DataFrame:
-    """Issue 6's target: each conditional method beats k-means by at least ``margin`` under each condition.
-
-    One row per (method, condition, c): both means, the difference, its standard error (the
-    two methods' errors combined; same episodes, so this is conservative) and ``meets``.
-    """
-    rows = []
-    for (cond, c), cell in summary.groupby(["condition", "n_clusters"], sort=True):
-        base = cell[cell["method"] == baseline]
-        if base.empty:
-            continue
-        b = base.iloc[0]
-        for _, r in cell[cell["method"].isin(list(methods))].iterrows():
-            diff = float(r["accuracy"] - b["accuracy"])
-            rows.append({"method": r["method"], "condition": cond, "n_clusters": int(c), "icc": float(r["accuracy"]),
-                         "kmeans": float(b["accuracy"]), "difference": diff,
-                         "difference_se": float(np.hypot(r["accuracy_se"], b["accuracy_se"])),
-                         "meets": diff >= margin})
-    return pd.DataFrame(rows, columns=["method", "condition", "n_clusters", "icc", "kmeans", "difference",
-                                       "difference_se", "meets"])
-
-
-def target_verdict(check: pd.DataFrame, margin: float = 0.15) -> str:
-    """One line: met if, for every (condition, c), some conditional method clears k-means by ``margin``."""
-    if check.empty:
-        return "NOT met: nothing to compare"
-    best = check.groupby(["condition", "n_clusters"])["difference"].max()
-    cells = ", ".join(f"{cond} c={c}: {d:+.3f}" for (cond, c), d in best.items())
-    if (best >= margin).all():
-        return f"met: under every condition a conditional model beats k-means by >= {margin:.2f} ({cells})"
-    return f"NOT met: best difference over k-means per condition ({cells}); needed >= {margin:.2f}"
-
-
-def findings(summary: pd.DataFrame, check: pd.DataFrame, verdict: str, captions: pd.DataFrame | None,
-             seconds: float, stand_in: bool = True) -> str:
-    """The notebook's closing paragraph, computed from the numbers (never typed in)."""
-    from .metrics import fmt_mean_se
-
-    lines = []
-    for (cond, c), cell in summary.groupby(["condition", "n_clusters"], sort=True):
-        cell = cell.sort_values("accuracy", ascending=False)
-        parts = [f"{r['method']} {fmt_mean_se(r['accuracy'], r['accuracy_se'])}" for _, r in cell.iterrows()]
-        lines.append(f"- {cond}, c={int(c)}: " + "; ".join(parts))
-    if "nmi" in summary:
-        nmi = summary.groupby("method", sort=False)["nmi"].mean().sort_values()
-        lines += ["", "Mean NMI over the cells (0: the labels carry nothing about the true clusters, as when a model "
-                  "gives every image the same label; accuracy is then the largest cluster's share, about chance): "
-                  + "; ".join(f"{m} {v:.2f}" for m, v in nmi.items())]
-    lines += ["", f"Target (conditional ICC >= k-means + 0.15 under every condition): {verdict}."]
-    lines.append("The paper (Table 3, ImageNet-with-Attributes, 7B model) has ICC (Large) above k-means by 18, 32 and "
-                 "8 points on color, pattern and shape, and above IC|TC on all three.")
-    if stand_in:
-        cap = ""
-        if captions is not None and len(captions):
-            cap = (" Our IC|TC captions name the test images' true value this often: " + ", ".join(
-                f"{r['condition']} {r['caption_accuracy']:.2f}" for _, r in captions.iterrows()) + ".")
-        lines.append(f"Ours: the offline stand-in (SmolLM2-135M + a small tower trained on the training objects only) "
-                     f"on procedurally drawn shapes; the notebook ran {seconds / 60:.1f} minutes.{cap} Where our "
-                     "numbers differ from the paper's, the gap is between this stand-in and the paper's model, data "
-                     "and budget, not a measurement of the paper's claim.")
-    else:
-        lines.append(f"The notebook ran {seconds / 60:.1f} minutes.")
-    return "\n".join(lines)
