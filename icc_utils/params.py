@@ -54,7 +54,7 @@ def _curriculum(name, value):
 
 
 def _vlm(name, value):
-    from .vision import check_vlm
+    from .vision.vlm import check_vlm
 
     check_vlm(value)
     check_model_folder(name, value)
@@ -202,7 +202,7 @@ PARAMS: dict[str, Param] = {
     "img_attn_n_layers": _p(Int(1), IMG, "layers shown in the image-attention figure"),
     "img_grid_n_episodes": _p(Int(1), IMG, "episodes shown in the example grid"),
     # 06_conditional_image_clustering
-    "cond_dataset": _p(Choice(module="icc_utils.conditional", attr="CONDITIONAL_DATASETS"), COND, "data set"),
+    "cond_dataset": _p(Choice(module="icc_utils.vision.conditional", attr="CONDITIONAL_DATASETS"), COND, "data set"),
     "cond_data_root": _p(TEXT, COND, "folder of the data set; '' for the drawn shapes"),
     "cond_n_images": _p(Int(10), COND, "drawn shapes: images"),
     "cond_image_size": _p(Int(4), COND, "image side, pixels"),
@@ -332,8 +332,8 @@ def _cross_05(v: dict) -> None:
 
 
 def _cross_06(v: dict) -> None:
-    from . import conditional as C
     from .validation import check_subset
+    from .vision import conditional as C
 
     check_subset("cond_conditions", v["cond_conditions"], C.CONDITIONAL_DATASETS[v["cond_dataset"]][1])
     check_subset("cond_figure_conditions", v["cond_figure_conditions"], v["cond_conditions"])
@@ -379,10 +379,11 @@ NOTEBOOKS: dict[str, Notebook] = {
                    _cross_03, _derive_adapter),
     "04": Notebook("04_lora_finetune_numeric.ipynb", "from icc_utils import finetune as F, params as P",
                    _cross_04, _derive_04),
-    "05": Notebook("05_image_clustering.ipynb", "from icc_utils import params as P, vision as V",
+    "05": Notebook("05_image_clustering.ipynb", "from icc_utils import params as P\nfrom icc_utils.vision import vlm as V",
                    _cross_05, _derive_vlm_dtype),
     "06": Notebook("06_conditional_image_clustering.ipynb",
-                   "from icc_utils import conditional as C, params as P, vision as V", _cross_06, _derive_vlm_dtype),
+                   "from icc_utils import params as P\nfrom icc_utils.vision import conditional as C, vlm as V", _cross_06,
+                   _derive_vlm_dtype),
     "07": Notebook("07_reproduction_report.ipynb"),
 }
 
