@@ -278,9 +278,10 @@ def load_episodes(path: str | Path, record_type: type = None,
 def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
     """Episodes whose params match every criterion; a criterion may be a value or a list of values.
 
-    ``n_per_cell`` keeps the first n episodes of each (distribution, c, d, df) cell.
+    ``n_per_cell`` keeps the first n episodes of each (distribution, c, d, df) cell, after skipping the
+    first ``start`` of each cell (e.g. the development episodes, which a verdict must not reuse).
     """
-    n_per_cell = criteria.pop("n_per_cell", None)
+    n_per_cell, start = criteria.pop("n_per_cell", None), criteria.pop("start", 0)
     out, seen = [], Counter()
     for e in episodes:
         ok = True
@@ -292,9 +293,9 @@ def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
         if not ok:
             continue
         cell = (e.params["distribution"], e.params["n_clusters"], e.params["dim"], e.params["df"])
-        if n_per_cell is not None and seen[cell] >= n_per_cell:
-            continue
         seen[cell] += 1
+        if seen[cell] <= start or (n_per_cell is not None and seen[cell] > start + n_per_cell):
+            continue
         out.append(e)
     return out
 

@@ -134,6 +134,8 @@ PARAMS: dict[str, Param] = {
     "sc_exclude_diagonal": _p(BOOL, "03", "drop each point's attention to itself"),
     "sc_gen_constrained_modes": _p(MODES, "03", "Gen row: free decoding (required), plus constrained"),
     # 04_lora_finetune_numeric
+    "second_seed_adapter": _p(Adapter(PROJECT_ROOT), FT, "the same recipe with another seed, scored beside it ('' none)"),
+    "aug_adapter": _p(Adapter(PROJECT_ROOT), FT, "the order-augmented adapter of Table 5 ('' none)"),
     "ft_n_train_episodes": _p(Int(0), FT, "training episodes of notebook 00's split; 0: all"),
     "ft_curriculum": _p(CURRICULUM, FT, "curriculum stages, easy to hard; []: notebook 00's split"),
     "ft_lora_r": _p(Int(1), FT, "LoRA rank"),
@@ -155,10 +157,11 @@ PARAMS: dict[str, Param] = {
     "ft_curve_n_per_df": _p(Int(0, 1000), FT, "learning curve: validation episodes per df"),
     "ft_curve_dfs": _p(DFS, FT, "learning curve: degrees of freedom"),
     "eval_constrained_modes": _p(MODES, FT, "decoding modes of the evaluations"),
+    "verdict_start": _p(Int(0), FT, "first test episode of each cell in the verdict block (earlier ones: development)"),
     "t1_n_clusters": _p(N_CLUSTERS, FT, "Table 1: clusters"),
     "t1_dim": _p(DIM, FT, "Table 1: dimension"),
     "t1_dfs": _p(DFS, FT, "Table 1: degrees of freedom"),
-    "t1_n_per_cell": _p(PER_CELL, FT, "Table 1: episodes per df"),
+    "t1_n_per_df": _p(Ints(1), FT, "Table 1: episodes per df of t1_dfs (verdict block)"),
     "fig7_n_clusters": _p(N_CLUSTERS_LIST, FT, "Figure 7 grid: clusters"),
     "fig7_dims": _p(DIMS, FT, "Figure 7 grid: dimensions"),
     "fig7_dfs": _p(DFS, FT, "Figure 7 grid: degrees of freedom"),
@@ -171,8 +174,6 @@ PARAMS: dict[str, Param] = {
     "t5_dfs": _p(DFS, FT, "Table 5: degrees of freedom"),
     "t5_n_per_cell": _p(PER_CELL, FT, "Table 5: episodes per df"),
     "t5_n_permutations": _p(Int(2, 100), FT, "Table 5: orders per episode"),
-    "rerun_attention": _p(BOOL, FT, "rerun notebooks 02 and 03 with the fine-tuned adapter"),
-    "rerun_sc_n_per_cell": _p(PER_CELL, FT, "sc_n_per_cell of that rerun"),
     "vlm_dtype": _p(DTYPE, "05 06", "weights dtype of the multimodal model"),
     # 05_image_clustering
     "vlm": _p(VLM, "05 06", "the multimodal model"),
@@ -302,18 +303,17 @@ def _cross_03(v: dict) -> None:
 
 
 def _cross_04(v: dict) -> None:
-    m = _manifest(v, "04")
-    _per_cell(m, "test_t", "t1_n_per_cell", v["t1_n_per_cell"], _cells("t", v["t1_n_clusters"], v["t1_dim"], v["t1_dfs"]))
+    m, start = _manifest(v, "04"), v["verdict_start"]
+    if len(v["t1_n_per_df"]) != len(v["t1_dfs"]):
+        raise ValueError(f"t1_n_per_df={v['t1_n_per_df']!r} must give one count per df of t1_dfs={v['t1_dfs']!r}")
+    for df, n in zip(v["t1_dfs"], v["t1_n_per_df"]):
+        _per_cell(m, "test_t", "verdict_start + t1_n_per_df", start + n, _cells("t", v["t1_n_clusters"], v["t1_dim"], [df]))
     _per_cell(m, "test_t", "fig7_n_per_cell", v["fig7_n_per_cell"],
               _cells("t", v["fig7_n_clusters"], v["fig7_dims"], v["fig7_dfs"]))
-    _per_cell(m, "test_lognormal", "t4_n_per_cell", v["t4_n_per_cell"], _cells("lognormal", v["t4_n_clusters"], v["t4_dims"]))
-    _per_cell(m, "test_t", "t5_n_per_cell", v["t5_n_per_cell"], _cells("t", v["t5_n_clusters"], v["t5_dim"], v["t5_dfs"]))
-    if v["rerun_attention"]:  # notebook 03 reruns on the profile's Table 6 cells
-        from .profiles import load_profile
-
-        sc = load_profile(v["profile"])
-        _per_cell(m, "test_t", "rerun_sc_n_per_cell", v["rerun_sc_n_per_cell"],
-                  _cells("t", sc["sc_n_clusters"], sc["sc_dims"], sc["sc_dfs"]), source=" (the profile's sc_* cells)")
+    _per_cell(m, "test_lognormal", "verdict_start + t4_n_per_cell", start + v["t4_n_per_cell"],
+              _cells("lognormal", v["t4_n_clusters"], v["t4_dims"]))
+    _per_cell(m, "test_t", "verdict_start + t5_n_per_cell", start + v["t5_n_per_cell"],
+              _cells("t", v["t5_n_clusters"], v["t5_dim"], v["t5_dfs"]))
 
 
 def _same_lengths(prefix: str, v: dict) -> None:
@@ -352,9 +352,12 @@ def _derive_adapter(v: dict) -> dict:
 
 def _derive_04(v: dict) -> dict:
     from . import finetune as F
+    from .validation import check_adapter
 
     config = F.config_from_params({k: x for k, x in v.items() if k.startswith("ft_")}, v["model"], v["seed"])
-    return {"curriculum": F.curriculum_from_params(v["ft_curriculum"]), "config": config}
+    return {"curriculum": F.curriculum_from_params(v["ft_curriculum"]), "config": config,
+            **{f"{k}_dir": check_adapter(f"{k}_adapter", v[f"{k}_adapter"], PROJECT_ROOT)
+               for k in ("finetuned", "second_seed", "aug")}}
 
 
 def _derive_vlm_dtype(v: dict) -> dict:

@@ -181,3 +181,29 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def published_curve(adapter_dir: str | Path) -> "pd.DataFrame":
+    """The validation curve published with an adapter (``validation_curve.csv``: accuracy at each stage's end,
+    k-means on the same episodes), in the columns of a learning curve; empty when none was published."""
+    import pandas as pd
+
+    path = Path(adapter_dir) / "validation_curve.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["episodes_seen", "accuracy"])
+
+
+def provenance_table(adapter_dir: str | Path) -> "pd.DataFrame":
+    """One row per training stage of a published adapter (``PROVENANCE.json``): episodes, training minutes,
+    training data sha256, saved dtype; the machine and commit in the table's attrs."""
+    import pandas as pd
+
+    path = Path(adapter_dir) / "PROVENANCE.json"
+    if not path.is_file():
+        return pd.DataFrame()
+    rec = json.loads(path.read_text())
+    stages = rec.get("stages", [rec])
+    table = pd.DataFrame([{"stage": s.get("folder", "."), "episodes": s["n_episodes"],
+                           "train_minutes": round(s["train_seconds"] / 60, 1), "data_sha256": s["data_sha256"][:12],
+                           "saved_dtype": s["saved_dtype"]} for s in stages])
+    table.attrs = {"machine": rec.get("machine"), "training_commit": rec.get("training_commit")}
+    return table

@@ -130,3 +130,16 @@ def guard_text(g: dict) -> str:
     if g["n"] == 0:
         return f"{g['label']}: not run"
     return f"{g['label']}: {g['mean']:.3f} ± {g['se']:.3f} (n={g['n']}, z={g['stat']:.1f})"
+
+
+def margin_table(rows: pd.DataFrame, a, b, by: str, names: tuple[str, str] = ("a", "b"),
+                 metric: str = "accuracy") -> pd.DataFrame:
+    """Paired margins ``a - b`` of ``metric`` per value of ``by`` (``a``, ``b``: boolean masks over ``rows``, one
+    row per episode each), with both sides' means, the standard error, z and n: what a verdict reads."""
+    out = []
+    for key, g in rows.groupby(by, sort=True):
+        p = compare(f"{by}={key}", g[a.loc[g.index]].set_index("episode_id")[metric],
+                    g[b.loc[g.index]].set_index("episode_id")[metric])
+        out.append({by: key, names[0]: p["a"], names[1]: p["b"], "margin": p["mean"], "se": p["se"],
+                    "z": p["stat"], "n": p["n"]})
+    return pd.DataFrame(out)

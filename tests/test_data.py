@@ -267,3 +267,14 @@ def test_one_setting_training_set_filters_separated_episodes_and_is_prefix_stabl
     with pytest.raises(ValueError, match=r"n_episodes=3 with separated=True: only 0 of 30"):
         one_setting_training_set(3, 0, 2, 1, separated=True)
 
+
+
+def test_select_skips_the_first_start_episodes_of_each_cell():
+    from icc_utils.data import make_grid, select
+
+    eps = make_grid("t", [2, 3], [1], [1.0], 6, root_seed=0)
+    dev = select(eps, n_per_cell=2)
+    fresh = select(eps, start=2, n_per_cell=3)
+    assert [e.id[-4:] for e in fresh] == ["0002", "0003", "0004"] * 2
+    assert not {e.id for e in dev} & {e.id for e in fresh}
+    assert len(select(eps, start=5)) == 2 and select(eps, start=6) == []

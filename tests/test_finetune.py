@@ -631,3 +631,20 @@ def test_curve_evaluator_scores_accuracy_ari_and_format(monkeypatch):
     assert row["well_formed"] == 0.0 and row["length_ratio"] == 0.0
     with pytest.raises(ValueError, match="answer_format"):
         curve_evaluator(eps, answer_format="pairs")
+
+
+def test_a_curriculum_continued_from_a_stage_equals_the_uninterrupted_one(tiny_llama_dir, tmp_path):
+    """``--from-stage K --init-adapter <stage K-1>`` (a published stage on another machine) trains the remaining
+    stages to the same adapter as the whole curriculum; the command line refuses a start without its adapter."""
+    from icc_utils.finetune.cli import main
+
+    stages = [CurriculumStage("easy", 2, 1, 4, points=(4, 8)), CurriculumStage("hard", 3, 2, 4, points=(6, 10))]
+    cfg = tiny_config(tiny_llama_dir, per_device_batch_size=1, gradient_accumulation_steps=2)
+    whole = train_curriculum(cfg, stages, tmp_path / "whole" / "adapter")
+    first = tmp_path / "whole" / "adapter_stages" / "1-easy"
+    rest = train_curriculum(cfg, stages[1:], tmp_path / "rest" / "adapter", init_adapter=first)
+    assert whole.finished and rest.finished and rest.episodes_seen == 4
+    a, b = adapter_tensors(tmp_path / "whole" / "adapter"), adapter_tensors(tmp_path / "rest" / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--from-stage", "2"])

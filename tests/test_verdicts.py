@@ -75,3 +75,13 @@ def test_near_zero_is_two_one_sided_tests():
     assert V.decide(above, 2.0)[0] == V.CONTRADICTED
     wide = V.near_zero("m", spread(0.0, sd=0.5))          # too noisy to say it is within ±0.05
     assert V.decide(wide, 2.0)[0] == V.INCONCLUSIVE
+
+
+def test_margin_table_pairs_by_episode_within_each_cell():
+    rows = pd.DataFrame([{"episode_id": f"{df}-{i}", "df": df, "method": m, "accuracy": acc + 0.01 * (i % 2)}
+                         for df, gap in ((1, 0.1), (100, -0.05)) for i in range(4)
+                         for m, acc in (("ft", 0.6 + gap), ("km", 0.6))])
+    t = V.margin_table(rows, rows["method"].eq("ft"), rows["method"].eq("km"), "df", ("ft", "km"))
+    assert t["df"].tolist() == [1, 100] and t["n"].tolist() == [4, 4]
+    assert t["margin"].tolist() == pytest.approx([0.1, -0.05]) and t["ft"].tolist() == pytest.approx([0.705, 0.555])
+    assert (t["se"] == 0).all() and t["z"].tolist() == [math.inf, -math.inf]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .config import DTYPES, KERNELS, LR_SCHEDULES, FinetuneConfig, config_from_params
 from .curriculum import (STAGE_KEYS, CurriculumStage, curriculum_curve, curriculum_from_params, stage_dirs,
-                         train_curriculum)
+                         stage_loss_curves, train_curriculum)
 from .data import (IGNORE_INDEX, EpisodeDataset, augment_permutations, collate, data_sha256, encode_chat_example,
                    encode_training_example, permutation_seeds, training_episodes)
 from .evaluation import curve_evaluator, evaluate_before_after, kmeans_reference, learning_curve_table
@@ -40,7 +40,8 @@ __all__ = [
     "encode_training_example", "permutation_seeds", "training_episodes",
     "answer_only_loss", "next_token_logits",
     "TrainResult", "run_identity", "same_run", "train",
-    "STAGE_KEYS", "CurriculumStage", "curriculum_curve", "curriculum_from_params", "stage_dirs", "train_curriculum",
+    "STAGE_KEYS", "CurriculumStage", "curriculum_curve", "curriculum_from_params", "stage_dirs", "stage_loss_curves",
+    "train_curriculum",
     "curve_evaluator", "evaluate_before_after", "kmeans_reference", "learning_curve_table",
     "finetune_findings", "target_check",
 ]

@@ -1,4 +1,5 @@
-"""``python -m icc_utils.finetune --profile X [--seed N] [--out DIR] [--augmented]``: train notebook 04's adapter."""
+"""``python -m icc_utils.finetune --profile X [--seed N] [--out DIR] [--augmented] [--from-stage K --init-adapter DIR]``:
+train notebook 04's adapter (``make train`` runs it, then :mod:`icc_utils.publish`)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=None,
                     help="root seed of the training data and LoRA (default: the profile's)")
     ap.add_argument("--out", default=None, help="adapter folder (default: results/<profile>/04/adapter)")
+    ap.add_argument("--from-stage", type=int, default=1,
+                    help="curriculum: train stages K.. only, starting from --init-adapter (a published stage)")
+    ap.add_argument("--init-adapter", default=None, help="the adapter stage K starts from (K > 1)")
     args = ap.parse_args(argv)
     params = load_profile(args.profile)
     seed = params["seed"] if args.seed is None else args.seed
@@ -33,8 +37,13 @@ def main(argv=None) -> None:
         config = FinetuneConfig(**{**config.to_dict(), "n_permutations": params["ft_aug_permutations"]})
         name = "adapter_aug"
     out = Path(args.out) if args.out else results_dir(args.profile, "04") / name
+    if not 1 <= args.from_stage <= max(len(stages), 1):
+        ap.error(f"--from-stage={args.from_stage} is out of range; the profile's curriculum has {len(stages)} stages")
+    if (args.from_stage > 1) != (args.init_adapter is not None):
+        ap.error("--from-stage K > 1 needs --init-adapter (the adapter of stage K-1, e.g. "
+                 "models/icc-numeric/stages/4-c3d3-separated), and --init-adapter needs --from-stage")
     if stages:   # the curriculum replaces notebook 00's training split
-        result = train_curriculum(config, stages, out)
+        result = train_curriculum(config, stages[args.from_stage - 1:], out, init_adapter=args.init_adapter)
     else:
         result = train(config, training_episodes(args.profile, params["ft_n_train_episodes"]), out)
     print(result)

@@ -98,8 +98,10 @@ def stage_dirs(stages: Sequence[CurriculumStage], output_dir: str | Path) -> lis
 
 def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], output_dir: str | Path,
                      on_eval: Callable | None = None, eval_every_steps: int | None = None,
-                     stage_episodes: Sequence[Sequence[Episode]] | None = None) -> TrainResult:
-    """Train the stages in order with :func:`train`, each from the previous stage's adapter (``init_adapter``).
+                     stage_episodes: Sequence[Sequence[Episode]] | None = None,
+                     init_adapter: str | Path | None = None) -> TrainResult:
+    """Train the stages in order with :func:`train`, each from the previous stage's adapter (``init_adapter``
+    starts the first one: a curriculum continued from a published stage).
 
     ``config.max_train_seconds`` is the budget of the whole curriculum: a stage gets what the earlier stages
     left, and a stage that runs out stops cleanly (``finished=False``), as do the stages after it; call again to
@@ -118,7 +120,7 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
     if len(stage_episodes) != len(stages):
         raise ValueError(f"stage_episodes has {len(stage_episodes)} training sets for {len(stages)} stages")
     _check_eval_every_steps(eval_every_steps)
-    results, before, spent, init = [], 0, 0.0, None
+    results, before, spent, init = [], 0, 0.0, init_adapter
     for k, (stage, episodes, out) in enumerate(zip(stages, stage_episodes, stage_dirs(stages, output_dir))):
         budget = config.max_train_seconds
         if budget is not None and budget - spent <= 0:   # nothing left: the later stages do not start
@@ -159,3 +161,23 @@ def curriculum_curve(stages: Sequence[CurriculumStage], output_dir: str | Path,
     curve = (pd.concat(parts, ignore_index=True) if parts
              else pd.DataFrame(columns=["step", "episodes_seen", "accuracy"]))
     return curve.assign(kmeans_accuracy=kmeans_reference(episodes))
+
+
+def stage_loss_curves(adapter_dir: str | Path) -> dict:
+    """Each stage's ``loss_curve.csv`` of a curriculum's final adapter folder, in order, ``episodes_seen``
+    counting the earlier stages' episodes: a training folder (``<dir>_stages/<k>-<name>``) or a published one
+    (``<dir>/stages/<k>-<name>``); a single run gives one curve."""
+    import pandas as pd
+
+    adapter_dir = Path(adapter_dir)
+    stages = [p for p in (*adapter_dir.with_name(f"{adapter_dir.name}_stages").glob("*"),
+                          *(adapter_dir / "stages").glob("*")) if (p / "loss_curve.csv").is_file()]
+    stages = sorted(stages, key=lambda p: int(p.name.split("-")[0])) + [adapter_dir]
+    curves, before = {}, 0
+    for folder in stages:
+        if (folder / "loss_curve.csv").is_file():
+            curve = pd.read_csv(folder / "loss_curve.csv")
+            curves[folder.name if folder != adapter_dir else "final stage"] = curve.assign(
+                episodes_seen=curve["episodes_seen"] + before)
+            before += int(curve["episodes_seen"].max())
+    return curves
