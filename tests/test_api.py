@@ -435,7 +435,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_healthy(proc: subprocess.Popen, port: int, log_path, deadline_s: float = 90.0) -> None:
+def _wait_until_healthy(proc: subprocess.Popen, port: int, log_path, deadline_s: float = 300.0) -> None:
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
         if proc.poll() is not None:
