@@ -2,8 +2,13 @@
 
 One module per concern: ``data`` (seeded episodes), ``prompts``, ``parsing``, ``metrics``,
 ``cache`` (model replies), ``models`` (local, OpenAI-compatible and classical backends),
-``profiles`` (parameter files and validation), ``plots``, ``evaluate`` and ``runner``.
-Paths are resolved from the package, never from the working directory.
+``estimators`` (:class:`ICCClustering`, a scikit-learn estimator), ``profiles`` (parameter files
+and validation), ``plots``, ``evaluate`` and ``runner``. Paths are resolved from the package, never
+from the working directory.
+
+Installed without the study's checkout (``pip install .``), the package still has the paper's
+numbers (package data) and the estimators; caches then go to the user's cache folder
+(:func:`cache_dir`). Importing the package imports neither torch nor transformers.
 """
 from __future__ import annotations
 
@@ -12,22 +17,43 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+#: The installed package's folder (package data lives here).
+PACKAGE_DIR: Path = Path(__file__).resolve().parent
 #: Root of the study checkout (the folder holding ``icc_utils/`` and ``notebooks/``).
-PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+PROJECT_ROOT: Path = PACKAGE_DIR.parent
 DATA_DIR: Path = PROJECT_ROOT / "data"
 RESULTS_DIR: Path = PROJECT_ROOT / "results"
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 PROFILES_DIR: Path = NOTEBOOKS_DIR / "profiles"
-#: The paper's reported numbers (a copy of ``shared/paper/reported_results.csv``).
-PAPER_RESULTS_CSV: Path = DATA_DIR / "paper" / "reported_results.csv"
+#: The paper's reported numbers (a copy of ``shared/paper/reported_results.csv``), shipped as package data.
+PAPER_RESULTS_CSV: Path = PACKAGE_DIR / "paper_results.csv"
+#: Where the study's published fine-tuned adapter (a PEFT folder: ``adapter_config.json`` +
+#: ``adapter_model.safetensors``) is looked for, in order: inside the package (package data, so a
+#: plain ``pip install .`` ships it), then ``models/icc-numeric/`` of a checkout.
+ADAPTER_DIRS: tuple[Path, ...] = (PACKAGE_DIR / "adapters" / "icc-numeric", PROJECT_ROOT / "models" / "icc-numeric")
+
+_LAZY = {"ICCClustering": "estimators"}
+
+
+def in_checkout() -> bool:
+    """Whether the package runs from the study's checkout (``PROJECT_ROOT`` holds ``notebooks/``)."""
+    return (PROJECT_ROOT / "notebooks").is_dir()
 
 
 def cache_dir() -> Path:
-    """Folder for converted models and other re-creatable artefacts.
+    """Folder for converted models, reply caches of the estimators and other re-creatable artefacts.
 
-    Defaults to ``<PROJECT_ROOT>/.cache``; set ``ICC_CACHE_DIR`` to move it.
+    ``ICC_CACHE_DIR`` if set; else ``<PROJECT_ROOT>/.cache`` in the study's checkout; else (an
+    installed package) the user's cache folder: ``$XDG_CACHE_HOME/icc-study``, by default
+    ``~/.cache/icc-study``. Never inside site-packages.
     """
-    return Path(os.environ.get("ICC_CACHE_DIR") or PROJECT_ROOT / ".cache").expanduser().resolve()
+    if os.environ.get("ICC_CACHE_DIR"):
+        path = Path(os.environ["ICC_CACHE_DIR"])
+    elif in_checkout():
+        path = PROJECT_ROOT / ".cache"
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "icc-study"
+    return path.expanduser().resolve()
 
 
 def results_dir(profile: str, *parts: str) -> Path:
@@ -42,3 +68,16 @@ def data_dir(profile: str) -> Path:
     path = DATA_DIR / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def __getattr__(name: str):
+    """``from icc_utils import ICCClustering`` without importing scikit-learn at package import."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -3,37 +3,48 @@
 The base URL and key come from ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` unless given. With
 neither, the backend is *unavailable*: ``available`` is False and ``unavailable_reason`` is a
 sentence the notebooks print instead of the GPT rows. With a base URL but no key (a local
-server), a placeholder key is sent.
+server), a placeholder key is sent. A model on any other server is named
+``served:<model>@<base URL>`` in a model list (:mod:`icc_utils.backends`); its rows are called
+``<model>@<server>``.
 
-Decoding is greedy (temperature 0). Retries are ours (the client is built with
-``max_retries=0``): exponential backoff with seeded jitter on rate limits, timeouts,
-connection errors and 5xx; an authentication error stops at once. The key is never printed,
-stored in cache records, shown in reprs or put into error messages.
+Decoding is greedy (temperature 0). Retries are the ``openai`` client's own (``max_retries``,
+``timeout``: exponential backoff with jitter, ``Retry-After``, on timeouts, connection errors,
+408/409/429 and 5xx). What it lacks is added in the HTTP transport (:class:`_CheckedTransport`):
+a 200 body that is not a chat completion (invalid JSON, ``text/plain``, no choices, a null
+content) becomes a 502 the client retries like any server fault, and is never cached; a quota
+error (429 ``insufficient_quota``) is not retried. The final error names the server and the model.
+The key is never printed, stored in cache records, shown in reprs or put into error messages.
+
+Settings: ``timeout`` (seconds per attempt), ``max_retries`` and ``max_workers`` (requests in
+flight) come from the constructor, else the environment (``ICC_API_TIMEOUT``,
+``ICC_API_MAX_RETRIES``, ``ICC_API_MAX_WORKERS``), else :data:`DEFAULTS`. A hung server fails
+after at most about ``(max_retries + 1) * timeout`` seconds plus the client's backoff (at most 8 s
+between attempts unless the server asks for longer).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import json
 import os
-import random
 import threading
-import time
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backends import Prediction, safe_url, server_label, served_display_name  # noqa: F401  (re-exported)
 from .cache import ReplyCache, cache_key
-from .models import Prediction
 from .parsing import is_well_formed, parse_labels
 from .prompts import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, episode_messages, image_user_prompt
 
 #: Sent when a base URL is given without a key: local servers (vLLM, transformers serve) ignore it.
 PLACEHOLDER_KEY = "EMPTY"
-#: HTTP statuses worth retrying (the same set the official client retries).
-RETRY_STATUSES = frozenset({408, 409, 429})
+#: Built-in settings; the environment variables of :data:`ENV_SETTINGS` override them.
+DEFAULTS = {"timeout": 60.0, "max_retries": 3, "max_workers": 1}
+#: Environment variable of each setting.
+ENV_SETTINGS = {"timeout": "ICC_API_TIMEOUT", "max_retries": "ICC_API_MAX_RETRIES", "max_workers": "ICC_API_MAX_WORKERS"}
 
 
 def default_max_tokens(n_points: int) -> int:
@@ -41,58 +52,47 @@ def default_max_tokens(n_points: int) -> int:
     return 4 * int(n_points) + 32
 
 
-def server_label(base_url: str | None) -> str:
-    """A short, credential-free name for the server: ``openai`` or ``host[:port]`` of the base URL."""
-    if not base_url:
-        return "openai"
-    parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
-    host = parts.hostname or base_url
-    if host == "api.openai.com":
-        return "openai"
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-def safe_url(base_url: str | None) -> str:
-    """The base URL for messages: OpenAI's default when None, any ``user:password@`` removed."""
-    if not base_url:
-        return "https://api.openai.com/v1"
-    parts = urlsplit(base_url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return parts._replace(netloc=netloc).geturl()
-    return base_url
+def api_setting(name: str, value=None):
+    """``value`` if given, else the environment's (:data:`ENV_SETTINGS`), else :data:`DEFAULTS`; checked
+    (``timeout`` a number > 0, ``max_retries`` an integer >= 0, ``max_workers`` an integer >= 1)."""
+    source = name
+    if value is None:
+        env = ENV_SETTINGS[name]
+        raw = (os.environ.get(env) or "").strip()
+        value, source = (raw, env) if raw else (DEFAULTS[name], name)
+    if name == "timeout":
+        return _number(source, value, float, 0.0, strict=True)
+    return _number(source, value, int, 0 if name == "max_retries" else 1)
 
 
 class OpenAIChatModel:
     """A chat model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
-    ``model``: the served model name (``gpt-4o``, or what vLLM / transformers serve serves).
-    ``max_tokens``: reply cap; ``None`` lets :meth:`predict` use :func:`default_max_tokens`.
-    ``max_retries``: retries after the first attempt on transient errors.
-    ``max_workers``: requests in flight at once in :meth:`predict` (1: one after another).
+    ``model``: the served model name (``gpt-4o``, or what vLLM / transformers serve serves); ``name``
+    is what its rows are called (:func:`~icc_utils.backends.served_display_name`: the model's name on
+    OpenAI, ``<model>@<server>`` elsewhere). ``max_tokens``: reply cap; ``None`` lets :meth:`predict`
+    use :func:`default_max_tokens`. ``timeout``, ``max_retries``, ``max_workers``: see the module
+    docstring (None: environment, then :data:`DEFAULTS`).
     """
 
     kind = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 max_retries: int = 6, timeout: float = 120.0, max_tokens: int | None = None,
-                 backoff_base: float = 1.0, backoff_max: float = 60.0, max_workers: int = 1, seed: int = 0):
+                 max_retries: int | None = None, timeout: float | None = None, max_tokens: int | None = None,
+                 max_workers: int | None = None):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model={model!r} is not allowed; give the served model name, e.g. 'gpt-4o'")
-        self.max_retries = _number("max_retries", max_retries, int, 0)
-        self.timeout = _number("timeout", timeout, float, 0.0, strict=True)
+        self.max_retries = api_setting("max_retries", max_retries)
+        self.timeout = api_setting("timeout", timeout)
+        self.max_workers = api_setting("max_workers", max_workers)
         self.max_tokens = None if max_tokens is None else _number("max_tokens", max_tokens, int, 1)
-        self.backoff_base = _number("backoff_base", backoff_base, float, 0.0)
-        self.backoff_max = _number("backoff_max", backoff_max, float, 0.0)
-        self.max_workers = _number("max_workers", max_workers, int, 1)
-        self.name = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip().rstrip("/") or None
         key = (api_key or os.environ.get("OPENAI_API_KEY") or "").strip() or None
         self.server = server_label(self.base_url)
-        #: Called with the number of seconds to wait between retries (tests replace it).
-        self.sleep: Callable[[float], None] = time.sleep
-        self.rng = random.Random(seed)
+        self.name = served_display_name(model, self.base_url)
+        #: What the reply cache keys name: the full (credential-free) base URL and the served model.
+        self.cache_model_id = f"{safe_url(self.base_url)}|{model}"
         self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
         self.cache_hits = 0
         self._lock = threading.Lock()
@@ -104,17 +104,18 @@ class OpenAIChatModel:
         if self.available:
             import openai
 
+            http = openai.DefaultHttpxClient(transport=_CheckedTransport(_http_module().HTTPTransport()))
             self._client = openai.OpenAI(api_key=key or PLACEHOLDER_KEY, base_url=self.base_url,
-                                         max_retries=0, timeout=self.timeout)
+                                         max_retries=self.max_retries, timeout=self.timeout, http_client=http)
 
     def __repr__(self) -> str:
-        return (f"OpenAIChatModel(model={self.name!r}, base_url={safe_url(self.base_url)!r}, "
+        return (f"OpenAIChatModel(model={self.model!r}, base_url={safe_url(self.base_url)!r}, "
                 f"available={self.available})")
 
     # ------------------------------------------------------------ one request
 
     def _where(self) -> str:
-        return f"model {self.name!r} at {safe_url(self.base_url)}"
+        return f"model {self.model!r} at {safe_url(self.base_url)}"
 
     def _scrub(self, text: str) -> str:
         """``text`` with the API key's value (and its prefix) blanked out."""
@@ -124,65 +125,48 @@ class OpenAIChatModel:
                 text = text.replace(self._secret[:12], "<OPENAI_API_KEY>")
         return text
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry ``attempt`` (0-based): ``base * 2**attempt`` plus 0-25% seeded
-        jitter, at most ``backoff_max``."""
-        with self._lock:
-            jitter = self.rng.random()
-        return min(self.backoff_max, self.backoff_base * 2 ** attempt * (1.0 + 0.25 * jitter))
-
     def chat(self, messages: list[dict], max_tokens: int | None = None) -> tuple[str, dict]:
         """Send one chat request (greedy) and return ``(reply_text, usage)``.
 
         ``messages`` go to the server unchanged, so content lists (text and image parts) pass
         through. ``max_tokens``: this request's cap (default: the model's ``max_tokens``; if
-        both are None the server's own limit applies).
+        both are None the server's own limit applies). Transient faults are retried by the client
+        (``max_retries``); what is left raises a RuntimeError naming the server and the model.
         """
         if not self.available:
             raise RuntimeError(self.unavailable_reason)
         import openai
 
         cap = max_tokens if max_tokens is not None else self.max_tokens
-        kwargs: dict[str, Any] = {"model": self.name, "messages": messages, "temperature": 0}
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0}
         if cap is not None:
             kwargs["max_tokens"] = int(cap)
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self._client.chat.completions.create(**kwargs)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise RuntimeError(
-                    f"authentication failed (HTTP {exc.status_code}) for {self._where()}: check OPENAI_API_KEY "
-                    f"(and OPENAI_BASE_URL). Server said: {self._scrub(_server_message(exc))}") from None
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                if _is_quota_error(exc):
-                    raise RuntimeError(f"{self._where()}: the account's quota is used up (HTTP 429 "
-                                       f"insufficient_quota); retrying will not help. Server said: "
-                                       f"{self._scrub(_server_message(exc))}") from None
-                if status not in RETRY_STATUSES and status < 500:
-                    raise RuntimeError(f"request rejected (HTTP {status}) by {self._where()}: "
-                                       f"{self._scrub(_server_message(exc))}") from None
-                last_error = f"HTTP {status}: {self._scrub(_server_message(exc))}"
-                wait = max(self.backoff(attempt), min(_retry_after(exc), self.backoff_max))
-            except openai.APITimeoutError:
-                last_error = f"timed out after {self.timeout:g} s"
-                wait = self.backoff(attempt)
-            except openai.APIConnectionError as exc:
-                last_error = f"connection error: {self._scrub(str(exc.__cause__ or exc))}"
-                wait = self.backoff(attempt)
-            else:
-                return self._record(response)
-            if attempt < self.max_retries:
-                self.sleep(wait)
-        raise RuntimeError(f"{self._where()} failed after {self.max_retries + 1} attempts "
-                           f"(max_retries={self.max_retries}); last error: {last_error}")
+        attempts = f"after {self.max_retries + 1} attempts (max_retries={self.max_retries}, timeout={self.timeout:g} s)"
+        try:
+            response = self._client.chat.completions.create(**kwargs)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise RuntimeError(
+                f"authentication failed (HTTP {exc.status_code}) for {self._where()}: check OPENAI_API_KEY "
+                f"(and OPENAI_BASE_URL). Server said: {self._scrub(_server_message(exc))}") from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            said = self._scrub(_server_message(exc))
+            if _is_quota_error(exc):
+                raise RuntimeError(f"{self._where()}: the account's quota is used up (HTTP 429 insufficient_quota); "
+                                   f"retrying will not help. Server said: {said}") from None
+            if status in (408, 409, 429) or status >= 500:
+                raise RuntimeError(f"{self._where()} failed {attempts}; last error: HTTP {status}: {said}") from None
+            raise RuntimeError(f"request rejected (HTTP {status}) by {self._where()}: {said}") from None
+        except openai.APITimeoutError:
+            raise RuntimeError(f"{self._where()} failed {attempts}; last error: timed out") from None
+        except openai.APIConnectionError as exc:
+            raise RuntimeError(f"{self._where()} failed {attempts}; last error: connection error: "
+                               f"{self._scrub(str(exc.__cause__ or exc))}") from None
+        return self._record(response)
 
     def _record(self, response) -> tuple[str, dict]:
-        """Reply text and usage of a completion; adds the usage to the running totals."""
-        text = ""
-        if response.choices:
-            text = response.choices[0].message.content or ""
+        """Reply text and usage of a completion (checked by the transport); adds the usage to the totals."""
+        text = response.choices[0].message.content
         u = response.usage
         usage = {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
                  "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
@@ -195,7 +179,7 @@ class OpenAIChatModel:
     def usage_report(self) -> str:
         """One line: requests, tokens, cached replies."""
         u = self.usage
-        return (f"{self.name} ({self.server}): {u['requests']} requests, {u['prompt_tokens']:,} prompt + "
+        return (f"{self.name}: {u['requests']} requests, {u['prompt_tokens']:,} prompt + "
                 f"{u['completion_tokens']:,} completion tokens; {self.cache_hits} replies from cache")
 
     # ------------------------------------------------------------ episodes
@@ -247,7 +231,7 @@ class OpenAIChatModel:
         results: list[Prediction | None] = [None] * len(episodes)
         for i, (ep, (messages, keyed, extra)) in enumerate(zip(episodes, requests)):
             dec = self.decoding(ep.n_points)
-            key = cache_key("openai", f"{self.server}/{self.name}", keyed, dec)
+            key = cache_key("openai", self.cache_model_id, keyed, dec)
             hit = cache.get(key) if cache is not None else None
             if hit is not None:
                 self.cache_hits += 1
@@ -260,7 +244,8 @@ class OpenAIChatModel:
         def finish(i: int, key: str, dec: dict, extra: dict, reply: str, usage: dict) -> None:
             if cache is not None:
                 cache.put(key, {"reply": reply, "usage": usage, "backend": "openai", "server": self.server,
-                                "model": self.name, "decoding": dec, "episode_id": episodes[i].id, **extra})
+                                "base_url": safe_url(self.base_url), "model": self.model, "decoding": dec,
+                                "episode_id": episodes[i].id, **extra})
             results[i] = self._prediction(episodes[i], reply, usage, known_k, cached=False)
             bar.update(1)
 
@@ -277,6 +262,76 @@ class OpenAIChatModel:
         return Prediction(ep.id, parse_labels(reply, n), reply=reply,
                           well_formed=is_well_formed(reply, n, ep.n_clusters if known_k else None),
                           cached=cached, usage=dict(usage))
+
+
+# ---------------------------------------------------------------- the HTTP transport
+
+def _http_module():
+    """The HTTP library the installed ``openai`` client is built on (``httpx2`` or ``httpx``)."""
+    try:
+        import httpx2 as http
+    except ImportError:  # openai < 3 uses httpx
+        import httpx as http
+    return http
+
+
+def completion_problem(body: bytes) -> str | None:
+    """Why ``body`` is not a chat completion with a text reply, or None if it is one."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return f"the body is not JSON: {body[:120]!r}"
+    if not isinstance(data, dict):
+        return f"the body is JSON but not an object: {str(data)[:120]}"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return f"no choices in the body: {json.dumps(data)[:120]}"
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        return f"choices[0].message.content is not text: {json.dumps(choices[0])[:120]}"
+    return None
+
+
+class _CheckedTransport:
+    """Wraps the client's HTTP transport with what the ``openai`` client's retries lack.
+
+    A 200 from ``.../chat/completions`` whose body is not a chat completion with a text reply
+    (:func:`completion_problem`) is turned into a 502 with the problem as the error message, so
+    the client retries it and the last attempt's error says what the server sent; a JSON body
+    served as ``text/plain`` is relabelled ``application/json``. A 429 whose code is
+    ``insufficient_quota`` gets ``x-should-retry: false`` (waiting does not refill a quota).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.http = _http_module()
+
+    def handle_request(self, request):
+        response = self.inner.handle_request(request)
+        if not request.url.path.endswith("/chat/completions") or response.status_code not in (200, 429):
+            return response
+        body = response.read()
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")]
+        if response.status_code == 429:
+            if b"insufficient_quota" in body:
+                headers.append(("x-should-retry", "false"))
+            return self.http.Response(429, headers=headers, content=body, request=request)
+        problem = completion_problem(body)
+        if problem is not None:
+            error = {"error": {"message": f"malformed reply (HTTP 200): {problem}", "type": "malformed_completion"}}
+            return self.http.Response(502, json=error, request=request)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("content-type", "application/json")]
+        return self.http.Response(200, headers=headers, content=body, request=request)
+
+    def close(self):
+        self.inner.close()
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *args):
+        return self.inner.__exit__(*args)
 
 
 # ---------------------------------------------------------------- helpers
@@ -328,6 +383,8 @@ def _server_message(exc) -> str:
     """The server's own error message from an ``openai.APIStatusError``."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
+        if isinstance(body.get("error"), dict) and body["error"].get("message"):
+            return str(body["error"]["message"])
         for field in ("message", "detail", "error"):
             if body.get(field):
                 return str(body[field])
@@ -338,17 +395,10 @@ def _server_message(exc) -> str:
 
 def _is_quota_error(exc) -> bool:
     body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
     return getattr(exc, "status_code", None) == 429 and isinstance(body, dict) and \
         body.get("code") == "insufficient_quota"
-
-
-def _retry_after(exc) -> float:
-    """Seconds the server asked us to wait (``Retry-After`` header), or 0."""
-    try:
-        value = exc.response.headers.get("retry-after")
-        return max(float(value), 0.0) if value is not None else 0.0
-    except (AttributeError, TypeError, ValueError):
-        return 0.0
 
 
 # ---------------------------------------------------------------- images

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
-from .validation import check_choice, check_int
+from .validation import check_choice, check_int, check_number, check_str
 
 DISTRIBUTIONS = ("t", "gaussian", "lognormal")
 SPLITS = {"test": 0, "train": 1, "val": 2}
@@ -32,15 +32,18 @@ DEFAULT_LENGTH_RANGE = (10, 50)
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    """What every episode has (numeric or image): an id, its seed, its generator ``params``."""
+    """What every episode has (numeric or image): an id, its seed (None for hand-made data), its
+    ``params`` (what the data is: ``distribution``, ``df``, ``n_clusters``, ``dim``, ...)."""
 
     id: str
-    seed: int
+    seed: int | None
     params: dict
 
     @property
-    def n_clusters(self) -> int:
-        return int(self.params["n_clusters"])
+    def n_clusters(self) -> int | None:
+        """The number of clusters, or None when it is unknown (an unlabelled :meth:`Episode.from_points`)."""
+        c = self.params.get("n_clusters")
+        return None if c is None else int(c)
 
     @property
     def n_points(self) -> int:
@@ -52,10 +55,16 @@ class EpisodeRecord:
 
 @dataclass(frozen=True)
 class Episode(EpisodeRecord):
-    """One clustering problem: ``points`` (n x d, two decimals) and true ``labels`` (0..c-1)."""
+    """One clustering problem: ``points`` (n x d, two decimals) and true ``labels`` (0..c-1; None
+    when unknown). Generated episodes come from :func:`generate_episode`; your own data from
+    :meth:`from_points`."""
 
     points: list = field(repr=False)
-    labels: list = field(repr=False)
+    labels: list | None = field(repr=False)
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points)
 
     @property
     def dim(self) -> int:
@@ -63,8 +72,60 @@ class Episode(EpisodeRecord):
 
     @classmethod
     def from_dict(cls, d: dict) -> "Episode":
-        return cls(id=d["id"], seed=int(d["seed"]), params=dict(d["params"]),
-                   points=[list(p) for p in d["points"]], labels=list(d["labels"]))
+        return cls(id=d["id"], seed=None if d.get("seed") is None else int(d["seed"]), params=dict(d["params"]),
+                   points=[list(p) for p in d["points"]], labels=None if d.get("labels") is None else list(d["labels"]))
+
+    @classmethod
+    def from_points(cls, points, labels=None, n_clusters: int | None = None, episode_id: str | None = None,
+                    distribution: str = "custom", df: float | None = None, decimals: int | None = 2,
+                    **params) -> "Episode":
+        """An episode from your own points: hand-made data, a scikit-learn data set, custom noise.
+
+        ``points``: an (n, d) array-like of finite numbers, rounded to ``decimals`` (two: what the
+        prompt shows and what every method then sees; None keeps them). ``labels``: the true
+        clusters (any hashable values, renumbered by first appearance as generated episodes are),
+        or None when unknown (prompts and models work; scoring needs labels). ``n_clusters``:
+        defaults to the number of distinct labels; None with no labels means unknown (use
+        ``known_k=False``). ``distribution``/``df`` and any further ``params`` (e.g.
+        ``noise="laplace"``) are recorded in ``params`` and appear in scoring rows, so a table says
+        what the data was. ``episode_id`` defaults to a digest of the points and labels.
+        """
+        import hashlib
+        import json
+
+        arr = np.asarray(points, dtype=float) if not isinstance(points, np.ndarray) else points.astype(float)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"points must be a 2-D array of shape (n_points, dim) with n_points, dim >= 1; "
+                             f"got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("points must be finite numbers; found NaN or infinity at row(s) "
+                             f"{sorted(set(np.argwhere(~np.isfinite(arr))[:, 0].tolist()))[:10]}")
+        if decimals is not None:
+            arr = np.round(arr, check_int("decimals", decimals, 0)) + 0.0
+        n, d = arr.shape
+        canon = None
+        if labels is not None:
+            labels = list(np.asarray(labels).tolist()) if not isinstance(labels, list) else labels
+            if len(labels) != n:
+                raise ValueError(f"labels has {len(labels)} entries but points has {n} rows; give one label per point")
+            mapping: dict = {}
+            canon = [mapping.setdefault(l, len(mapping)) for l in labels]
+        if n_clusters is None and canon is not None:
+            n_clusters = len(set(canon))
+        if n_clusters is not None:
+            n_clusters = check_int("n_clusters", n_clusters, 1, n)
+            if canon is not None and len(set(canon)) > n_clusters:
+                raise ValueError(f"n_clusters={n_clusters} but labels hold {len(set(canon))} different values")
+        check_str("distribution", distribution)
+        if df is not None:
+            df = check_number("df", df, lo=0.0)
+        if episode_id is None:
+            blob = json.dumps([arr.tolist(), canon, n_clusters], separators=(",", ":")).encode()
+            episode_id = f"{distribution}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        all_params = {**params, "distribution": distribution, "df": df, "n_clusters": n_clusters, "dim": int(d),
+                      "n_points": int(n)}
+        return cls(id=check_str("episode_id", episode_id), seed=None, params=all_params, points=arr.tolist(),
+                   labels=canon)
 
 
 def normalise_distribution(distribution: str, df: float | None) -> tuple[str, float | None]:
@@ -292,7 +353,7 @@ def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
                 break
         if not ok:
             continue
-        cell = (e.params["distribution"], e.params["n_clusters"], e.params["dim"], e.params["df"])
+        cell = (e.params.get("distribution"), e.params.get("n_clusters"), e.params.get("dim"), e.params.get("df"))
         seen[cell] += 1
         if seen[cell] <= start or (n_per_cell is not None and seen[cell] > start + n_per_cell):
             continue
@@ -302,8 +363,8 @@ def select(episodes: Iterable[Episode], **criteria) -> list[Episode]:
 
 def cell_counts(episodes: Iterable[Episode]) -> dict[str, int]:
     """Number of episodes per cell key."""
-    return dict(sorted(Counter(cell_key(e.params["distribution"], e.n_clusters, e.dim, e.params["df"])
-                               for e in episodes).items()))
+    return dict(sorted(Counter(cell_key(e.params.get("distribution", "custom"), e.n_clusters, e.dim,
+                                        e.params.get("df")) for e in episodes).items()))
 
 
 def write_manifest(path: str | Path, files: dict[str, str | Path], params: dict, load=None,

@@ -37,17 +37,32 @@ def method_label(kind: str, known_k: bool = True, constrained: bool = False, bas
     return label if known_k else f"{label} (unknown k)"
 
 
+def data_columns(ep) -> dict:
+    """What an episode's data is, for its score rows: ``distribution`` (``custom`` for hand-made
+    data, see :meth:`~icc_utils.data.Episode.from_points`), ``df`` (inf for Gaussian and lognormal,
+    as the paper's tables write them; NaN where the data has none), ``n_clusters``, ``dim``, ``n_points``."""
+    params = ep.params
+    distribution = params.get("distribution", "custom")
+    df = params.get("df")
+    if df is None:
+        df = np.inf if distribution in ("t", "gaussian", "lognormal") else np.nan
+    return {"distribution": distribution, "df": float(df), "n_clusters": ep.n_clusters,
+            "dim": params.get("dim", len(ep.points[0]) if len(ep.points) else 0), "n_points": ep.n_points}
+
+
 def score_predictions(episodes: Sequence, predictions: Sequence, model: str, method: str) -> pd.DataFrame:
-    """Score predictions against their episodes (matched by id)."""
+    """Score predictions against their episodes (matched by id); every episode needs true labels."""
     by_id = {p.episode_id: p for p in predictions}
     rows = []
     for ep in episodes:
+        if ep.labels is None:
+            raise ValueError(f"episode {ep.id!r} has no true labels, so it cannot be scored; give labels= to "
+                             "Episode.from_points, or use the predictions' labels directly")
+        if ep.id not in by_id:
+            raise ValueError(f"no prediction for episode {ep.id!r}; predictions are matched to episodes by id")
         p = by_id[ep.id]
         s = score(ep.labels, p.labels)
-        df = ep.params["df"]
-        rows.append({"model": model, "method": method, "episode_id": ep.id,
-                     "distribution": ep.params["distribution"], "df": np.inf if df is None else float(df),
-                     "n_clusters": ep.n_clusters, "dim": ep.dim, "n_points": ep.n_points, **s,
+        rows.append({"model": model, "method": method, "episode_id": ep.id, **data_columns(ep), **s,
                      "well_formed": bool(p.well_formed),
                      "n_pred_clusters": len({l for l in p.labels if l >= 0})})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
@@ -61,14 +76,26 @@ def evaluate(backend, episodes: Sequence, profile: str, known_k: bool = True, co
     label = method if method is not None else (method_label(backend.kind, known_k, constrained, base) or backend.name)
     preds = backend.predict(list(episodes), known_k=known_k, constrained=constrained, cache=cache,
                             desc=f"{backend.name} {label}".strip())
-    return score_predictions(episodes, preds, display_name(backend.name), label)
+    return score_predictions(episodes, preds, backend.name, label)
 
 
-def build_backends(models: Sequence[str], local_kwargs: dict | None = None) -> dict:
-    """Backends by model name; ``local_kwargs`` (dtype, batch_size, adapter...) go to local models."""
+def build_backends(models: Sequence[str], local_kwargs: dict | None = None, api_kwargs: dict | None = None) -> dict:
+    """Backends by model name; ``local_kwargs`` (dtype, batch_size, adapter, threads...) go to local models,
+    ``api_kwargs`` (timeout, max_retries, max_workers; None values: the environment's or the defaults,
+    see :mod:`icc_utils.api`) to OpenAI-compatible ones. Two names whose backends would share a row
+    name (e.g. ``embedded`` twice) are an error."""
     from .models import model_kind
-    return {name: get_backend(name, **(local_kwargs or {})) if model_kind(name) == "local" else get_backend(name)
-            for name in models}
+    backends = {}
+    for name in models:
+        kind = model_kind(name)
+        kwargs = local_kwargs if kind == "local" else api_kwargs if kind == "openai" else None
+        backends[name] = get_backend(name, **{k: v for k, v in (kwargs or {}).items() if v is not None})
+    names = [b.name for b in backends.values()]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"models={list(models)!r}: more than one model would be called {clash} in the tables; "
+                         "list each model once")
+    return backends
 
 
 def evaluate_models(backends: dict, episodes: Sequence, profile: str, known_k: bool = True,
@@ -110,10 +137,7 @@ def _reference_rows(episodes: Sequence, model: str, method: str, scores) -> pd.D
     """Rows of a label-free reference (``scores(index, episode) -> {accuracy, ari, nmi}``), one per episode."""
     rows = []
     for i, ep in enumerate(episodes):
-        df = ep.params["df"]
-        rows.append({"model": model, "method": method, "episode_id": ep.id,
-                     "distribution": ep.params["distribution"], "df": np.inf if df is None else float(df),
-                     "n_clusters": ep.n_clusters, "dim": ep.dim, "n_points": ep.n_points,
+        rows.append({"model": model, "method": method, "episode_id": ep.id, **data_columns(ep),
                      "well_formed": True, "n_pred_clusters": ep.n_clusters, **scores(i, ep)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 

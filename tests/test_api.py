@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from icc_utils.api import OpenAIChatModel, default_max_tokens, safe_url, server_label
+from icc_utils.backends import parse_served, served_display_name
 from icc_utils.cache import ReplyCache
 from icc_utils.data import generate_episode
-from icc_utils.models import get_backend
+from icc_utils.models import display_name, get_backend, model_kind
 
 SECRET = "sk-test-THIS-KEY-MUST-NEVER-BE-SHOWN-0123456789"
 
@@ -27,8 +28,9 @@ SECRET = "sk-test-THIS-KEY-MUST-NEVER-BE-SHOWN-0123456789"
 class StubServer:
     """A tiny OpenAI chat-completions server on 127.0.0.1 with scripted failures.
 
-    ``script``: (status, body) pairs answered first, in order; after that every request gets
-    a 200 whose reply is a list of zeros as long as the episode. ``requests`` records each
+    ``script``: (status, body) pairs answered first, in order (a ``bytes`` body is sent as it is,
+    as ``text/plain``); after that every request gets a 200 whose reply is a list of zeros as long
+    as the episode. Error responses carry ``retry-after-ms: 1``. ``requests`` records each
     request's path, headers and JSON body.
     """
 
@@ -49,11 +51,14 @@ class StubServer:
                 if stub.delay:
                     time.sleep(stub.delay)
                 status, payload = stub.script.pop(0) if stub.script else (200, stub.completion(body))
-                data = json.dumps(payload).encode()
+                raw = isinstance(payload, bytes)
+                data = payload if raw else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", "text/plain" if raw else "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    if status != 200:  # the client's own retries honour it: keeps the tests fast
+                        self.send_header("retry-after-ms", "1")
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
@@ -93,8 +98,9 @@ def stub():
 
 @pytest.fixture
 def no_env(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ICC_SERVED_API_KEY", "ICC_API_TIMEOUT", "ICC_API_MAX_RETRIES",
+                 "ICC_API_MAX_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def episodes(k: int = 3, n_points: int = 6):
@@ -103,10 +109,7 @@ def episodes(k: int = 3, n_points: int = 6):
 
 
 def model_on(stub: StubServer, **kwargs) -> OpenAIChatModel:
-    m = OpenAIChatModel("stub-model", base_url=stub.base_url, **kwargs)
-    m.sleeps = []
-    m.sleep = m.sleeps.append  # record, don't wait
-    return m
+    return OpenAIChatModel("stub-model", base_url=stub.base_url, **kwargs)
 
 
 ERROR = {"error": {"message": "boom", "type": "server_error"}}
@@ -127,7 +130,8 @@ def test_environment_supplies_base_url_and_key(no_env, monkeypatch, stub):
     monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     m = get_backend("openai:served")
-    assert m.available and m.name == "served" and m.server == f"127.0.0.1:{stub.port}"
+    assert m.available and m.model == "served" and m.server == f"127.0.0.1:{stub.port}"
+    assert m.name == f"served@127.0.0.1:{stub.port}" == display_name("openai:served")
     assert SECRET not in repr(m)
     m.chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
     assert stub.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
@@ -143,54 +147,95 @@ def test_base_url_without_key_sends_a_placeholder(no_env, stub):
     assert req["body"]["temperature"] == 0 and req["body"]["max_tokens"] == 7
 
 
-def test_bad_arguments_name_the_parameter(no_env):
+def test_bad_arguments_name_the_parameter(no_env, monkeypatch):
     with pytest.raises(ValueError, match="max_retries"):
         OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", max_retries=-1)
     with pytest.raises(ValueError, match="max_tokens"):
         OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", max_tokens=0)
     with pytest.raises(ValueError, match="timeout=0 .* > 0"):
         OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", timeout=0)
+    with pytest.raises(ValueError, match="max_workers"):
+        OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", max_workers=0)
     with pytest.raises(ValueError, match="model="):
         OpenAIChatModel("", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ValueError, match="constrained"):
         OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1").predict(episodes(1), constrained=True)
+    monkeypatch.setenv("ICC_API_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="ICC_API_TIMEOUT='soon'"):
+        OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1")
 
 
 def test_server_label():
     assert server_label(None) == "openai"
     assert server_label("https://api.openai.com/v1") == "openai"
     assert server_label("http://user:pw@10.0.0.5:8000/v1") == "10.0.0.5:8000"
+    assert server_label("http://10.0.0.5:8000/b/v1") == "10.0.0.5:8000/b/v1"
     assert safe_url("http://user:pw@10.0.0.5:8000/v1") == "http://10.0.0.5:8000/v1"
     assert safe_url(None) == "https://api.openai.com/v1"
 
 
-# ---------------------------------------------------------------- retries and errors
+def test_settings_come_from_the_constructor_then_the_environment(no_env, monkeypatch):
+    m = OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1")
+    assert (m.timeout, m.max_retries, m.max_workers) == (60.0, 3, 1)
+    monkeypatch.setenv("ICC_API_TIMEOUT", "2.5")
+    monkeypatch.setenv("ICC_API_MAX_RETRIES", "0")
+    monkeypatch.setenv("ICC_API_MAX_WORKERS", "4")
+    m = OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1")
+    assert (m.timeout, m.max_retries, m.max_workers) == (2.5, 0, 4)
+    assert OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", max_retries=2).max_retries == 2
 
-def test_retries_429_then_500_then_succeeds_with_growing_backoff(no_env, stub):
+
+# ---------------------------------------------------------------- served models under their own names
+
+def test_served_model_names():
+    url = "http://127.0.0.1:8000/v1"
+    assert parse_served(f"served:/abs/path/SmolLM2-135M-Instruct@{url}") == ("/abs/path/SmolLM2-135M-Instruct", url)
+    assert parse_served(f"served:HuggingFaceTB/SmolLM2-135M-Instruct@{url}/") == ("HuggingFaceTB/SmolLM2-135M-Instruct", url)
+    assert parse_served("embedded") is None
+    with pytest.raises(ValueError, match="served:<served model name>@<base URL>"):
+        parse_served("served:no-url")
+    assert model_kind(f"served:m@{url}") == "openai"
+    assert display_name(f"served:/abs/path/SmolLM2-135M-Instruct@{url}") == "SmolLM2-135M-Instruct@127.0.0.1:8000"
+    assert display_name("embedded") == "SmolLM2-135M-Instruct"  # never the served name
+    assert served_display_name("gpt-4o", None) == "gpt-4o"
+    assert served_display_name("m", "http://h:1/a/v1") != served_display_name("m", "http://h:1/b/v1")
+
+
+def test_served_model_gets_its_own_key_never_the_openai_key(no_env, monkeypatch, stub):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    m = get_backend(f"served:stub-model@{stub.base_url}")
+    m.chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
+    assert stub.requests[-1]["headers"]["authorization"] == "Bearer EMPTY"
+    monkeypatch.setenv("ICC_SERVED_API_KEY", "served-key")
+    get_backend(f"served:stub-model@{stub.base_url}").chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
+    assert stub.requests[-1]["headers"]["authorization"] == "Bearer served-key"
+    assert m.name == f"stub-model@127.0.0.1:{stub.port}" and stub.requests[-1]["body"]["model"] == "stub-model"
+
+
+# ---------------------------------------------------------------- retries and errors (the openai client's own)
+
+def test_one_retry_system_the_clients_own(no_env, stub):
+    m = model_on(stub, max_retries=2, timeout=7.0)
+    assert m._client.max_retries == 2 and m._client.timeout == 7.0
+    assert not hasattr(m, "backoff") and not hasattr(m, "sleep")
+
+
+def test_retries_429_then_500_then_succeeds(no_env, stub):
     stub.script = [(429, {"error": {"message": "slow down", "type": "rate_limit"}}), (500, ERROR)]
     m = model_on(stub)
     reply, usage = m.chat([{"role": "user", "content": "Data: [[1.0], [2.0], [3.0]] Labels:"}])
     assert reply == "[0, 0, 0]" and usage["completion_tokens"] == 6
     assert len(stub.requests) == 3
-    assert len(m.sleeps) == 2 and m.sleeps[1] > m.sleeps[0] >= m.backoff_base
     assert m.usage["requests"] == 1  # failed attempts bill nothing
-
-
-def test_backoff_is_seeded_and_capped(no_env):
-    a = OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", backoff_base=1.0, backoff_max=5.0)
-    b = OpenAIChatModel("m", base_url="http://127.0.0.1:1/v1", backoff_base=1.0, backoff_max=5.0)
-    waits = [a.backoff(i) for i in range(8)]
-    assert waits == [b.backoff(i) for i in range(8)]
-    assert all(w <= 5.0 for w in waits) and waits[-1] == 5.0 and waits[1] > waits[0]
 
 
 def test_gives_up_after_max_retries_naming_the_server(no_env, stub):
     stub.script = [(503, ERROR)] * 3
     m = model_on(stub, max_retries=2)
-    with pytest.raises(RuntimeError, match=r"failed after 3 attempts.*HTTP 503") as err:
+    with pytest.raises(RuntimeError, match=r"failed after 3 attempts.*HTTP 503.*boom") as err:
         m.chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
-    assert stub.base_url in str(err.value)
-    assert len(stub.requests) == 3 and len(m.sleeps) == 2
+    assert stub.base_url in str(err.value) and "stub-model" in str(err.value)
+    assert len(stub.requests) == 3
 
 
 def test_timeout_is_retried(no_env, stub):
@@ -198,19 +243,39 @@ def test_timeout_is_retried(no_env, stub):
     m = model_on(stub, timeout=0.2, max_retries=1)
     with pytest.raises(RuntimeError, match="timed out"):
         m.chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
-    assert len(m.sleeps) == 1
+    assert len(stub.requests) == 2
+
+
+def test_a_hung_server_fails_within_the_bound_set_in_the_environment(no_env, stub, monkeypatch):
+    """ICC_API_TIMEOUT / ICC_API_MAX_RETRIES bound a hung server: (1 + 1) x 0.3 s plus the client's backoff."""
+    stub.delay = 30.0
+    monkeypatch.setenv("ICC_API_TIMEOUT", "0.3")
+    monkeypatch.setenv("ICC_API_MAX_RETRIES", "1")
+    m = model_on(stub)
+    outcome = {}
+
+    def ask():
+        try:
+            m.chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout=10.0)
+    assert not worker.is_alive(), "the request was still hanging after 10 s"
+    assert time.monotonic() - t0 < 5.0
+    assert "timed out" in outcome["error"] and "timeout=0.3 s" in outcome["error"]
 
 
 def test_connection_error_is_retried_then_reported(no_env):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    m = OpenAIChatModel("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
-    m.sleeps = []
-    m.sleep = m.sleeps.append
-    with pytest.raises(RuntimeError, match=rf"127.0.0.1:{port}.*connection error"):
+    m = OpenAIChatModel("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    with pytest.raises(RuntimeError, match=rf"127.0.0.1:{port}.*failed after 2 attempts.*connection error"):
         m.chat([{"role": "user", "content": "hi"}])
-    assert len(m.sleeps) == 2
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -224,7 +289,7 @@ def test_authentication_error_stops_at_once_without_showing_the_key(no_env, stub
     assert "OPENAI_API_KEY" in text and "stub-model" in text and stub.base_url in text
     assert SECRET not in text and SECRET[:12] not in text
     assert err.value.__cause__ is None and err.value.__suppress_context__
-    assert len(stub.requests) == 1 and m.sleeps == []
+    assert len(stub.requests) == 1
 
 
 def test_other_client_errors_raise_with_the_server_message(no_env, stub):
@@ -232,7 +297,7 @@ def test_other_client_errors_raise_with_the_server_message(no_env, stub):
     m = model_on(stub)
     with pytest.raises(RuntimeError, match=r"HTTP 404.*does not exist"):
         m.chat([{"role": "user", "content": "hi"}])
-    assert len(stub.requests) == 1 and m.sleeps == []
+    assert len(stub.requests) == 1
 
 
 def test_insufficient_quota_is_not_retried(no_env, stub):
@@ -241,6 +306,44 @@ def test_insufficient_quota_is_not_retried(no_env, stub):
     with pytest.raises(RuntimeError, match="quota"):
         m.chat([{"role": "user", "content": "hi"}])
     assert len(stub.requests) == 1
+
+
+MALFORMED = [
+    (200, {"foo": "bar"}),
+    (200, {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                      "content": None}}]}),
+    (200, {"choices": []}),
+    (200, [1, 2, 3]),
+    (200, b"this is not JSON"),
+    (200, b'{"choices": [{"message": {"content": "[0, 0]"'),
+]
+
+
+@pytest.mark.parametrize("bad", MALFORMED, ids=["not-a-completion", "null-content", "no-choices", "json-list",
+                                                 "text-plain", "cut-json"])
+def test_a_malformed_200_is_retried_and_never_cached(no_env, stub, tmp_path, bad):
+    ep = episodes(1, n_points=2)
+    stub.script = [bad]
+    cache = ReplyCache(tmp_path / "replies.jsonl")
+    preds = model_on(stub, max_retries=1).predict(ep, cache=cache)
+    assert len(stub.requests) == 2  # the bad body, then the retry's good one
+    assert preds[0].reply == "[0, 0]" and preds[0].well_formed
+    assert [json.loads(line)["reply"] for line in (tmp_path / "replies.jsonl").read_text().splitlines()] == ["[0, 0]"]
+
+
+def test_malformed_bodies_to_the_end_name_the_server_and_the_model(no_env, stub, tmp_path):
+    stub.script = [(200, {"foo": "bar"}), (200, b"plain text")]
+    cache = ReplyCache(tmp_path / "replies.jsonl")
+    with pytest.raises(RuntimeError, match=r"stub-model.*127\.0\.0\.1.*failed after 2 attempts.*malformed reply.*not JSON"):
+        model_on(stub, max_retries=1).predict(episodes(1), cache=cache)
+    assert len(cache) == 0 and not (tmp_path / "replies.jsonl").exists()
+
+
+def test_a_json_completion_served_as_text_plain_is_read(no_env, stub):
+    body = StubServer.completion({"model": "m", "messages": [{"role": "user", "content": "Data: [[1.0]] Labels:"}]})
+    stub.script = [(200, json.dumps(body).encode())]
+    reply, _ = model_on(stub, max_retries=0).chat([{"role": "user", "content": "Data: [[1.0]] Labels:"}])
+    assert reply == "[0]" and len(stub.requests) == 1
 
 
 def test_content_lists_pass_through_unchanged(no_env, stub):
@@ -298,6 +401,20 @@ def test_interrupted_run_resumes_losing_nothing(no_env, stub, tmp_path):
     assert [p.labels for p in resumed] == [p.labels for p in fresh]
 
 
+def test_the_cache_key_holds_the_full_base_url(no_env, stub, tmp_path):
+    """Two endpoints on one host and port (different paths) never share replies."""
+    eps = episodes(2)
+    cache = ReplyCache(tmp_path / "replies.jsonl")
+    a = OpenAIChatModel("stub-model", base_url=f"http://127.0.0.1:{stub.port}/a/v1")
+    b = OpenAIChatModel("stub-model", base_url=f"http://127.0.0.1:{stub.port}/b/v1")
+    a.predict(eps, cache=cache)
+    assert len(stub.requests) == 2
+    b.predict(eps, cache=cache)
+    assert len(stub.requests) == 4 and b.cache_hits == 0 and len(cache) == 4
+    assert [r["path"] for r in stub.requests] == ["/a/v1/chat/completions"] * 2 + ["/b/v1/chat/completions"] * 2
+    assert a.name != b.name
+
+
 def test_parallel_workers_keep_order_and_cache_everything(no_env, stub, tmp_path):
     eps = episodes(6)
     cache = ReplyCache(tmp_path / "replies.jsonl")
@@ -318,7 +435,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_healthy(proc: subprocess.Popen, port: int, log_path, deadline_s: float = 90.0) -> None:
+def _wait_until_healthy(proc: subprocess.Popen, port: int, log_path, deadline_s: float = 300.0) -> None:
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
         if proc.poll() is not None:
@@ -376,3 +493,23 @@ def test_against_a_real_transformers_serve(no_env, transformers_server, tmp_path
     again = OpenAIChatModel(model=transformers_server["model"], base_url=transformers_server["base_url"])
     assert [p.reply for p in again.predict(eps, cache=cache)] == [p.reply for p in preds]
     assert again.usage["requests"] == 0
+
+
+def test_served_and_local_rows_stay_apart(no_env, transformers_server, tmp_path, monkeypatch):
+    """notebook 01's evaluate_models with the local embedded model and the same model served: two row names."""
+    import icc_utils
+    from icc_utils import evaluate as E
+
+    monkeypatch.setattr(icc_utils, "RESULTS_DIR", tmp_path / "results")
+    served = f"served:{transformers_server['model']}@{transformers_server['base_url']}"
+    backends = E.build_backends(["embedded", served, "kmeans"],
+                                local_kwargs={"dtype": "float32", "batch_size": 2, "threads": 1},
+                                api_kwargs={"timeout": 60.0, "max_retries": 1})
+    eps = episodes(2, n_points=5)
+    rows = E.evaluate_models(backends, eps, "served-test", constrained_modes=(False,))
+    port = transformers_server["base_url"].split(":")[2].split("/")[0]
+    counts = rows.groupby(["model", "method"]).size().to_dict()
+    assert counts == {("SmolLM2-135M-Instruct", "zero-shot"): 2,
+                      (f"SmolLM2-135M-Instruct@127.0.0.1:{port}", "zero-shot"): 2, ("kmeans", "kmeans"): 2}
+    replies = sorted(p.name for p in (tmp_path / "results" / "served-test" / "replies").iterdir())
+    assert replies == ["SmolLM2-135M-Instruct.jsonl", f"SmolLM2-135M-Instruct_127.0.0.1_{port}.jsonl"]

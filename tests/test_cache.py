@@ -82,3 +82,23 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_bad_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    """Invalid UTF-8, JSON that is not a record, a record without key or reply: each line is skipped, the rest kept."""
+    import pytest
+
+    path = tmp_path / "replies.jsonl"
+    good = [json.dumps({"key": k, "reply": f"[{i}]"}) for i, k in enumerate("abc")]
+    lines = [good[0].encode(), b'{"key": "x", "reply": "\xff\xfe"}', b"[1, 2, 3]", b"42", b'"text"',
+             good[1].encode(), b'{"reply": "[9]"}', b'{"key": "y"}', good[2].encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.warns(UserWarning) as caught:
+        cache = ReplyCache(path)
+    assert len(cache) == 3 and [cache.get(k)["reply"] for k in "abc"] == ["[0]", "[1]", "[2]"]
+    messages = [str(w.message) for w in caught]
+    assert [m.split(": skipped")[0] for m in messages] == [f"{path}, line {n}" for n in (2, 3, 4, 5, 7, 8)]
+    assert "invalid UTF-8" in messages[0] and "not a record" in messages[1]
+    cache.put("d", {"reply": "[3]"})  # appending still works, and the file reads back
+    with pytest.warns(UserWarning):
+        assert len(ReplyCache(path)) == 4

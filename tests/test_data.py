@@ -278,3 +278,68 @@ def test_select_skips_the_first_start_episodes_of_each_cell():
     assert [e.id[-4:] for e in fresh] == ["0002", "0003", "0004"] * 2
     assert not {e.id for e in dev} & {e.id for e in fresh}
     assert len(select(eps, start=5)) == 2 and select(eps, start=6) == []
+
+
+# ---------------------------------------------------------------- hand-made data (Episode.from_points)
+
+def test_from_points_goes_through_prompts_models_and_scoring_without_hidden_fields(tmp_path):
+    """Custom noise (Laplace) drawn by the user: prompt, a backend, scoring rows that say what the data was."""
+    from icc_utils.evaluate import score_predictions
+    from icc_utils.models import get_backend
+    from icc_utils.prompts import user_prompt
+
+    rng = np.random.default_rng(5)
+    centres = np.array([[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
+    truth = rng.integers(0, 3, size=20)
+    X = centres[truth] + rng.laplace(scale=0.8, size=(20, 2))
+    names = np.array(["a", "b", "c"])[truth]  # any hashable labels
+    ep = Episode.from_points(X, labels=names, noise="laplace", scale=0.8)
+    assert ep.n_points == 20 and ep.dim == 2 and ep.n_clusters == 3 and ep.seed is None
+    assert ep.labels == canonical_labels(truth.tolist())
+    assert ep.params["distribution"] == "custom" and ep.params["noise"] == "laplace"
+    assert ep.points == (np.round(X, 2) + 0.0).tolist()
+    assert "into 3 clusters" in user_prompt(ep.points, ep.n_clusters)
+    preds = get_backend("kmeans").predict([ep])
+    rows = score_predictions([ep], preds, "kmeans", "kmeans")
+    row = rows.iloc[0]
+    assert row["distribution"] == "custom" and np.isnan(row["df"]) and row["n_clusters"] == 3 and row["dim"] == 2
+    assert row["accuracy"] > 0.9
+    # the same points give the same id; saved and loaded like generated episodes
+    assert Episode.from_points(X, labels=names, noise="laplace", scale=0.8).id == ep.id
+    back = load_episodes(save_episodes(tmp_path / "custom.jsonl", [ep]))[0]
+    assert back.to_dict() == ep.to_dict()
+
+
+def test_from_points_records_a_named_distribution_and_df():
+    ep = Episode.from_points([[0.0], [1.0], [9.0]], labels=[0, 0, 1], distribution="t", df=2.0, episode_id="mine")
+    from icc_utils.evaluate import data_columns
+    assert ep.id == "mine" and data_columns(ep)["df"] == 2.0 and data_columns(ep)["distribution"] == "t"
+
+
+def test_from_points_without_labels_predicts_but_does_not_score():
+    from icc_utils.evaluate import score_predictions
+    from icc_utils.models import get_backend
+
+    ep = Episode.from_points([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]], n_clusters=2)
+    assert ep.labels is None and ep.n_clusters == 2 and ep.n_points == 3
+    preds = get_backend("kmeans").predict([ep])
+    assert len(preds[0].labels) == 3
+    with pytest.raises(ValueError, match="has no true labels"):
+        score_predictions([ep], preds, "kmeans", "kmeans")
+    unknown = Episode.from_points([[0.0], [1.0]])
+    assert unknown.n_clusters is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"points": [[0.0, np.nan]]}, "finite"),
+    ({"points": [1.0, 2.0]}, "2-D array"),
+    ({"points": [[0.0], [1.0]], "labels": [0]}, "one label per point"),
+    ({"points": [[0.0], [1.0]], "n_clusters": 3}, "n_clusters=3"),
+    ({"points": [[0.0], [1.0]], "labels": [0, 1], "n_clusters": 1}, "labels hold 2"),
+    ({"points": [[0.0]], "distribution": ""}, "distribution"),
+    ({"points": [[0.0]], "df": -1.0}, "df"),
+    ({"points": [[0.0]], "decimals": -1}, "decimals"),
+])
+def test_from_points_bad_input_names_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Episode.from_points(**kwargs)

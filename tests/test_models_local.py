@@ -10,7 +10,8 @@ import torch
 from icc_utils.cache import ReplyCache
 from icc_utils.data import generate_episode
 from icc_utils.decoding import is_complete_answer
-from icc_utils.models import (EMBEDDED_NAME, LocalChatModel, ModelUnavailableError, get_backend)
+from icc_utils.models import (EMBEDDED_NAME, LocalChatModel, ModelUnavailableError, default_threads, get_backend,
+                               physical_cores, set_threads)
 from icc_utils.parsing import is_well_formed
 from icc_utils.prompts import SYSTEM_PROMPT, episode_messages, render_chat, user_prompt
 
@@ -222,7 +223,8 @@ def test_indexed_answer_format(tiny_llama_dir, monkeypatch):
     assert indexed.answer_budget(30, 3) > paper.answer_budget(30, 3)
     assert indexed.decoding_settings()["answer_format"] == "indexed" and "answer_format" not in paper.decoding_settings()
 
-    def reply_the_truth(self, prompts, n_points=None, n_clusters=None, constrained=False, extra_inputs=None):
+    def reply_the_truth(self, prompts, n_points=None, n_clusters=None, constrained=False, extra_inputs=None,
+                        on_row_done=None):
         truth = {self.render(e): e.labels for e in eps}
         return [{"reply": answer_text(truth[p], self.answer_format), "usage": {}} for p in prompts]
 
@@ -259,3 +261,111 @@ def test_unavailable_hub_model_points_to_embedded(monkeypatch):
     model = LocalChatModel("icc-study-no-such-org/no-such-model-xyz")
     with pytest.raises(ModelUnavailableError, match="embedded"):
         model.load()
+
+
+# ---------------------------------------------------------------- threads (issue 39, fault 10)
+
+def test_threads_default_to_the_physical_cores_and_can_be_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads() == (physical_cores(), "physical cores") and physical_cores() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == (1, "OMP_NUM_THREADS")
+    assert default_threads(3) == (3, "threads")           # an explicit value wins
+    saved = torch.get_num_threads()
+    try:
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        assert set_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
+    with pytest.raises(ValueError, match="threads=0"):
+        LocalChatModel("embedded", threads=0)
+
+
+def test_loading_a_local_model_sets_its_threads(tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        LocalChatModel(str(tiny_llama_dir), dtype="float32", threads=1).load()
+        assert torch.get_num_threads() == 1
+        LocalChatModel(str(tiny_llama_dir), dtype="float32").load()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
+# ---------------------------------------------------------------- batch invariance (issue 39, fault 12)
+
+def _step_logits(model, prompts, forced, invariant: bool):
+    """Logits of each decoding step of a batch, the next tokens forced (the same for every batching)."""
+    from icc_utils.batch_invariance import batch_invariant
+
+    net, tok = model.load()
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    steps = []
+    with torch.inference_mode(), batch_invariant(net, invariant):
+        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        for t in range(forced.shape[1]):
+            steps.append(out.logits[:, -1].float())
+            nxt = forced[:, t:t + 1]
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+            pos = pos[:, -1:] + 1
+            out = net(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values,
+                      use_cache=True)
+    return torch.stack(steps, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_an_episode_gets_the_same_logits_alone_and_in_any_batch(which, dtype, request):
+    """Left padding and the batch's size change no bit of any row's logits (prefill and 12 decoding steps)."""
+    model = LocalChatModel(str(request.getfixturevalue(which)), dtype=dtype)
+    prompts = [model.render(e) for e in episodes(3, seed=8, length_range=(5, 40))]
+    assert len({len(model.tokenizer(p).input_ids) for p in prompts}) == 3     # three lengths: padding happens
+    forced = torch.randint(40, 200, (3, 12), generator=torch.Generator().manual_seed(0))
+    batched = _step_logits(model, prompts, forced, True)
+    for r in range(3):
+        alone = _step_logits(model, prompts[r:r + 1], forced[r:r + 1], True)
+        assert torch.equal(alone[0], batched[r]), f"row {r}"
+
+
+def test_batch_invariance_restores_the_model(tiny_llama_dir):
+    from icc_utils.batch_invariance import ATTENTION_NAME, batch_invariant
+
+    model = LocalChatModel(str(tiny_llama_dir), dtype="float32")
+    net, _ = model.load()
+    before = net.config._attn_implementation
+    with batch_invariant(net):
+        assert net.config._attn_implementation == ATTENTION_NAME
+        assert all("forward" in vars(m) for m in net.modules() if isinstance(m, torch.nn.Linear))
+    assert net.config._attn_implementation == before
+    assert not any("forward" in vars(m) for m in net.modules() if isinstance(m, torch.nn.Linear))
+    assert model.decoding_settings()["attention"] == "row-sdpa"
+    assert "attention" not in LocalChatModel(str(tiny_llama_dir), batch_invariant=False).decoding_settings()
+
+
+@pytest.mark.embedded
+def test_embedded_bfloat16_replies_do_not_depend_on_the_batch(embedded_dir):
+    """The published failure: in bfloat16, replies at batch 1 and batch 4 differed for about half the episodes."""
+    from icc_utils.data import episode_seed
+
+    eps = [generate_episode(episode_seed(2024, "test", "t", 3, 2, 5.0, i), "t", 3, 2, 5.0, length_range=(8, 16),
+                            episode_id=f"bi-{i}") for i in range(4)]
+    model = LocalChatModel("embedded", dtype="bfloat16", batch_size=1, threads=1)
+    prompts = [model.render(e) for e in eps]
+    ns, cs = [e.n_points for e in eps], [e.n_clusters for e in eps]
+    alone = model.generate(prompts, ns, cs)
+    model.batch_size = 4
+    assert model.generate(prompts, ns, cs) == alone
+
+
+# ---------------------------------------------------------------- progress per episode (issue 37, item 7)
+
+def test_progress_moves_as_each_row_finishes(tiny_llama):
+    eps = [generate_episode(30 + i, "t", 2, 1, 5.0, n_points=n, episode_id=f"p{i}") for i, n in enumerate((4, 9, 15))]
+    prompts = [tiny_llama.render(e) for e in eps]
+    calls = []
+    tiny_llama.generate_batch(prompts, [e.n_points for e in eps], [2, 2, 2], constrained=True, on_row_done=calls.append)
+    assert sum(calls) == 3 and len(calls) == 3        # constrained answers of 4, 9, 15 labels end at three steps

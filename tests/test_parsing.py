@@ -150,3 +150,31 @@ def test_indexed_answer_round_trips(labels):
     reply = answer_text(labels, "indexed")
     assert parse_labels(reply, len(labels), "indexed") == labels
     assert is_well_formed(reply, len(labels), 10, "indexed") and n_labels_written(reply, "indexed") == len(labels)
+
+
+# ---------------------------------------------------------------- long and hostile replies (issue 39, fault 7)
+
+def test_numbers_beyond_the_int_digit_limit_never_raise():
+    huge = "9" * 4301
+    assert is_well_formed("[" + huge + "]", 10, 3) is False
+    assert is_well_formed("[" + huge + "]", 1, None) is False
+    assert parse_labels("[" + huge + ", 1]", 2) == [-1, 1]
+    assert parse_labels(f"[1: {huge}, 2: 0]", 2, "indexed") == [-1, 0]
+    assert parse_labels(f"[{huge}: 1, 1: 0]", 1, "indexed") == [0]
+    assert is_well_formed(f"[1: {huge}]", 1, 3, "indexed") is False
+    assert n_labels_written("[" + huge + "]") == 1
+
+
+HOSTILE = ["[0" + " " * 100_000 + "x", "[" * 100_000, "[0, " * 25_000, "1" * 100_000, "1:" + " " * 100_000,
+           "[" + "9" * 100_000 + "]", "[0," + " ," * 50_000, "1: 2" + "0" * 99_996 + ".5"]
+
+
+@pytest.mark.parametrize("reply", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_100k_character_reply_parses_in_well_under_100_ms(reply):
+    assert len(reply) >= 100_000
+    t0 = time.process_time()
+    for fmt in ("paper", "indexed"):
+        parse_labels(reply, 50, fmt)
+        is_well_formed(reply, 50, 3, fmt)
+        n_labels_written(reply, fmt)
+    assert time.process_time() - t0 < 0.1
