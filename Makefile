@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 KERNEL := icc-study
 
-.PHONY: env lab reproduce resume train test smoke clean-results benchmark publish
+.PHONY: env lab reproduce resume train test smoke clean-results benchmark publish params
 
 env: $(STAMP)
 
@@ -32,6 +32,20 @@ lab: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m icc_utils.run --profile $(PROFILE)
 
+# Train the published adapters from nothing, with the default profile's recipe (ft_*), then publish them into models/.
+# Hours of CPU (docs/performance.md); a stopped run goes on where it stopped when rerun. On another machine, go on from
+# the last published stage: python -m icc_utils.finetune --profile default --from-stage K --init-adapter
+# models/icc-numeric/stages/<K-1>-<name> --out runs/icc-numeric/adapter
+TRAIN := $(PY) -m icc_utils.finetune --profile default
+train: $(STAMP)
+	$(TRAIN) --out runs/icc-numeric/adapter
+	$(PY) -m icc_utils.publish --run runs/icc-numeric/adapter --name icc-numeric
+	$(TRAIN) --seed 1 --out runs/icc-numeric-seed1/adapter
+	$(PY) -m icc_utils.publish --run runs/icc-numeric-seed1/adapter --name icc-numeric-seed1 --final-only
+	$(TRAIN) --augmented --from-stage 5 --init-adapter runs/icc-numeric/adapter_stages/4-c3d3-separated \
+	    --out runs/icc-numeric-aug/adapter
+	$(PY) -m icc_utils.publish --run runs/icc-numeric-aug/adapter --name icc-numeric-aug --final-only
+
 # After a kill or a failure: keep the notebooks the run already finished on this commit, run the rest
 resume: $(STAMP)
 	$(PY) -m icc_utils.run --profile $(PROFILE) --resume
@@ -39,20 +53,22 @@ resume: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=15
 
+# After editing notebooks/profiles/default.yml or icc_utils/params.py: rewrite the notebooks' parameters and check
+# cells and the papermill parameter files from them
+params: $(STAMP)
+	$(PY) -m icc_utils.params sync-notebooks
+	$(PY) -m icc_utils.params sync-files
+
 benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py
 
 # Stage a finished run's readable outputs for a commit (results/ is ignored): executed notebooks, figures, tables,
-# reports, RUNINFO and notebook 04's PEFT adapter (7 MB; it loads on the embedded model alone; the curriculum's
-# all-linear adapter, about 20 MB, is over the 10 MB limit) with its earlier curriculum stages' curves and configs
-# (04/adapter_stages/, not their weights). Never replies, checkpoints, towers, tokenizer copies, or the image adapters
-# (they need the tower weights, which are not published).
+# reports, RUNINFO. Never replies, caches, checkpoints, adapters or model copies (published adapters live in models/).
 publish:
 	@test -f results/$(PROFILE)/RUNINFO.json || { echo "results/$(PROFILE)/RUNINFO.json missing: run make reproduce PROFILE=$(PROFILE) first"; exit 1; }
 	find results/$(PROFILE) -type f -size -10M \( -name '*.ipynb' -o -name '*.png' -o -name '*.csv' -o -name '*.md' \
-	    -o -name '*.json' -o -name '*.npz' -o -path '*/04/adapter/adapter_model.safetensors' \) \
-	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' \
-	  \( -not -path '*/adapter_*/*' -o -path '*/04/adapter_stages/*' \) \
+	    -o -name '*.json' -o -name '*.npz' \) \
+	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' -not -path '*/adapter*/*' \
 	  -not -name 'tokenizer*.json' -not -name 'special_tokens_map.json' -not -name 'vocab.json' -print0 \
 	  | xargs -0 git add -f
 	git status --short results/$(PROFILE) | wc -l

@@ -24,7 +24,8 @@ PROJECT_ROOT: Path = PACKAGE_DIR.parent
 DATA_DIR: Path = PROJECT_ROOT / "data"
 RESULTS_DIR: Path = PROJECT_ROOT / "results"
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
-PROFILES_DIR: Path = NOTEBOOKS_DIR / "profiles"
+#: The parameter profiles: ``notebooks/profiles/`` in a checkout, a copy in the package (package data) otherwise.
+PROFILES_DIR: Path = NOTEBOOKS_DIR / "profiles" if (NOTEBOOKS_DIR / "profiles").is_dir() else PACKAGE_DIR / "_profiles"
 #: The paper's reported numbers (a copy of ``shared/paper/reported_results.csv``), shipped as package data.
 PAPER_RESULTS_CSV: Path = PACKAGE_DIR / "paper_results.csv"
 #: Where the study's published fine-tuned adapter (a PEFT folder: ``adapter_config.json`` +

@@ -410,15 +410,18 @@ class LocalChatModel:
     def _make_model_id(self) -> str:
         if self.source in EMBEDDED_ALIASES:
             base = EMBEDDED_NAME
-        elif Path(self.source).expanduser().is_dir():
-            base = str(Path(self.source).expanduser().resolve())
+        elif Path(self.source).expanduser().is_dir():   # by content, not by where the checkout is
+            folder = Path(self.source).expanduser()
+            config = folder / "config.json"
+            size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+            base = f"{folder.name}@{_file_fingerprint(config) if config.exists() else 'no-config'}-{size}"
         else:
             base = self.source
         if self.adapter:
             weights = [p for p in (Path(self.adapter) / "adapter_model.safetensors",
                                    Path(self.adapter) / "adapter_model.bin") if p.exists()]
             fp = _file_fingerprint(weights[0]) if weights else "missing"
-            base += f"+adapter:{self.adapter}@{fp}"
+            base += f"+adapter:{Path(self.adapter).name}@{fp}"
         return f"{base}|{self.dtype}"
 
     @classmethod

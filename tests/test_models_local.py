@@ -369,3 +369,22 @@ def test_progress_moves_as_each_row_finishes(tiny_llama):
     calls = []
     tiny_llama.generate_batch(prompts, [e.n_points for e in eps], [2, 2, 2], constrained=True, on_row_done=calls.append)
     assert sum(calls) == 3 and len(calls) == 3        # constrained answers of 4, 9, 15 labels end at three steps
+
+
+def test_cache_keys_follow_content_not_the_checkouts_folder(tiny_llama_dir, tmp_path):
+    """A moved checkout reuses its reply caches: a model folder and an adapter are named by content and folder
+    name in the model id (the cache key), never by their path on this machine."""
+    import shutil
+
+    from icc_utils.models import LocalChatModel
+
+    a, b = tmp_path / "one" / "model", tmp_path / "two" / "model"
+    shutil.copytree(tiny_llama_dir, a)
+    shutil.copytree(tiny_llama_dir, b)
+    for d in (a, b):
+        (d.parent / "adapter").mkdir()
+        (d.parent / "adapter" / "adapter_model.safetensors").write_bytes(b"same weights")
+    ids = [LocalChatModel(str(d), adapter=str(d.parent / "adapter")).model_id for d in (a, b)]
+    assert ids[0] == ids[1] and str(tmp_path) not in ids[0]
+    (b.parent / "adapter" / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert LocalChatModel(str(b), adapter=str(b.parent / "adapter")).model_id != ids[0]
