@@ -1,4 +1,4 @@
-"""Seeded clustering episodes (PROTOCOL.md, "Numeric episodes").
+"""Seeded clustering episodes (docs/protocol.md, "Data").
 
 An episode is ``n`` points around ``c`` centres drawn uniformly in [-10, 10]^d, with
 Student-t (``df``), Gaussian or lognormal noise, random non-empty cluster sizes, shuffled,
@@ -175,7 +175,7 @@ def cell_key(distribution: str, n_clusters: int, dim: int, df: float | None) -> 
 def generate_episode(seed: int, distribution: str, n_clusters: int, dim: int, df: float | None = None,
                      n_points: int | None = None, length_range: tuple[int, int] = DEFAULT_LENGTH_RANGE,
                      episode_id: str | None = None) -> Episode:
-    """Generate one episode from ``seed`` exactly as PROTOCOL.md says.
+    """Generate one episode from ``seed`` exactly as docs/protocol.md says.
 
     Centres uniform in [-10, 10]^d; noise: standard Student-t with ``df`` (unit scale),
     standard normal (``gaussian``), or lognormal(0, 1); every cluster non-empty (one point

@@ -109,6 +109,8 @@ PARAMS: dict[str, Param] = {
     "perm_dfs": _p(DFS, "01", "Table 5: degrees of freedom"),
     "perm_n_permutations": _p(Int(2, 100), "01", "Table 5: orders per episode"),
     "perm_constrained_modes": _p(MODES, "01", "Table 5: decoding modes"),
+    "budget_max_new_tokens": _p(Int(1, 4096), "01", "token budget of free decoding compared with the automatic one"),
+    "budget_n_episodes": _p(PER_CELL, "01", "episodes (df 1) for that comparison"),
     "unknown_k_dfs": _p(DFS, "01", "unknown-k prompt: degrees of freedom (Figure 2's cells)"),
     "unknown_k_n_per_cell": _p(PER_CELL, "01", "unknown-k prompt: episodes per df (of Figure 2's)"),
     # 02_attention_visualization, 03_attention_spectral_clustering
@@ -287,6 +289,9 @@ def _cross_01(v: dict) -> None:
     _per_cell(m, "test_t", "section_n_per_cell", n, _cells("t", v["grid_n_clusters"], v["grid_dims"], v["grid_dfs"]))
     _per_cell(m, "test_lognormal", "section_n_per_cell", n, _cells("lognormal", v["logn_n_clusters"], v["logn_dims"]))
     _per_cell(m, "test_t", "section_n_per_cell", n, _cells("t", v["perm_n_clusters"], v["perm_dim"], v["perm_dfs"]))
+    if v["budget_n_episodes"] > v["n_per_cell"] or 1.0 not in {float(df) for df in v["fig2_dfs"]}:
+        raise ValueError(f"budget_n_episodes={v['budget_n_episodes']} must be at most n_per_cell={v['n_per_cell']} "
+                         f"and fig2_dfs={v['fig2_dfs']!r} must hold df 1: the token-budget episodes are Figure 2's at df 1")
     fig2 = {float(df) for df in v["fig2_dfs"]}
     for df in v["unknown_k_dfs"]:  # the unknown-k episodes are Figure 2's
         _per_cell(m, "test_t", "unknown_k_n_per_cell", v["unknown_k_n_per_cell"],

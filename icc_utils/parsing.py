@@ -1,4 +1,4 @@
-"""Robust parsing of model replies into cluster labels (PROTOCOL.md, "Parsing and metrics").
+"""Robust parsing of model replies into cluster labels (docs/protocol.md, "Parsing" and "Metrics").
 
 The parser never raises on a reply and runs in time linear in its length: its patterns use
 possessive quantifiers (no backtracking inside a list) and the ``index: label`` pattern starts only

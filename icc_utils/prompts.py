@@ -1,4 +1,4 @@
-"""The paper's clustering prompt (PROTOCOL.md, "Prompt (numeric)") and chat rendering."""
+"""The paper's clustering prompt (docs/protocol.md, "Prompt") and chat rendering."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -506,9 +506,9 @@ def test_the_command_line_trains_the_profiles_adapter(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "train_curriculum", lambda config, stages, out: calls.append((config, stages, out)))
     monkeypatch.setattr(cli, "train", lambda config, episodes, out: calls.append((config, len(episodes), out)))
     monkeypatch.setattr(cli, "training_episodes", lambda profile, n: [profile] * n)
-    cli.main(["--profile", "curriculum", "--seed", "1", "--out", str(tmp_path / "a")])
+    cli.main(["--profile", "default", "--seed", "1", "--out", str(tmp_path / "a")])
     config, stages, out = calls[-1]
-    profile = load_profile("curriculum")
+    profile = load_profile("default")
     assert [s.name for s in stages] == [s["name"] for s in profile["ft_curriculum"]] and out == tmp_path / "a"
     assert config.seed == 1 and config.learning_rate == profile["ft_learning_rate"] and config.n_permutations == 1
     cli.main(["--profile", "default", "--augmented"])

@@ -298,9 +298,9 @@ def test_ft_bf16_auto_follows_the_machine(monkeypatch):
         assert cfg.resolved_kernels(cuda=False) == ("blocked" if native else "torch")
 
 
-# ---------------------------------------------------------------- the curriculum profile
+# ---------------------------------------------------------------- the default profile's curriculum
 
-#: The published runs that the curriculum profile's stages repeat, in order (experiments/curriculum/README.md).
+#: The exploratory runs that the default profile's curriculum stages repeat, in order (experiments/curriculum/README.md).
 CURRICULUM_RUNS = tuple(f"experiments/curriculum/{run}" for run in (
     "c2d1-separated-short-updates", "c2d1-separated-curriculum", "c3d3-curriculum-s1", "c3d3-curriculum-s2",
     "c3d3-curriculum-s3"))
@@ -310,21 +310,15 @@ RECIPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "lear
                  "seed")
 
 
-def test_curriculum_profile_is_the_default_profile_but_for_notebook_04s_training():
-    default, curriculum = load_profile("default"), load_profile("curriculum")
-    differ = sorted(k for k in default.keys() | curriculum.keys() if default.get(k) != curriculum.get(k))
-    assert differ == ["ft_curriculum", "ft_curve_every_steps", "ft_curve_n_per_df", "ft_gradient_accumulation_steps",
-                      "ft_learning_rate", "ft_max_train_minutes", "ft_save_steps", "ft_target_modules", "profile"]
-
-
-def test_curriculum_profile_repeats_the_published_stages():
-    """Each stage draws the training episodes of the published run it repeats (same sha256), with its recipe."""
+def test_default_curriculum_repeats_the_published_stages():
+    """The default profile's curriculum (what make train runs): each stage draws the training episodes of the
+    exploratory run it repeats (same sha256), with its recipe."""
     import json
 
     from icc_utils import PROJECT_ROOT
     from icc_utils import finetune as F
 
-    params = load_profile("curriculum")
+    params = load_profile("default")
     stages = F.curriculum_from_params(params["ft_curriculum"])
     config = F.config_from_params(params, params["model"], params["seed"]).to_dict()
     assert len(stages) == len(CURRICULUM_RUNS)

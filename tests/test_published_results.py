@@ -185,28 +185,13 @@ def test_rescore_reproduces_the_training_runs_own_last_evaluation():
     assert blocked["kernels"] == "blocked" and blocked["finished"]
 
 
-# ---------------------------------------------------------------- the curriculum run (results/curriculum/)
+# ---------------------------------------------------------------- the curriculum run (experiments/curriculum/notebook-run/)
 
-CURRICULUM = PROJECT_ROOT / "results" / "curriculum"
-#: Published when its RUNINFO is committed (``make publish PROFILE=curriculum``); until then these checks skip.
-CURRICULUM_PUBLISHED = _committed("results/curriculum/RUNINFO.json")
-curriculum_published = pytest.mark.skipif(not CURRICULUM_PUBLISHED, reason="results/curriculum/ is not published: "
-                                          "python -m icc_utils.run --profile curriculum --only 00 04, then "
-                                          "make publish PROFILE=curriculum")
-
-
-@curriculum_published
-def test_curriculum_runinfo_records_one_clean_run_of_its_profile():
-    """Notebooks 00 and 04 ran with status ok, on one commit, from a clean tree, with the curriculum profile's
-    parameters and no overrides."""
-    from icc_utils.profiles import load_profile
-
-    info = _one_clean_run(CURRICULUM, "curriculum")
-    assert sorted(info["notebooks"]) == ["00_data.ipynb", "04_lora_finetune_numeric.ipynb"]
-    profile = load_profile("curriculum")
-    for name, entry in info["notebooks"].items():
-        assert {k: profile[k] for k in entry["parameters"]} == entry["parameters"], name
-    assert info["notebooks"]["04_lora_finetune_numeric.ipynb"]["parameters"]["ft_curriculum"] == profile["ft_curriculum"]
+#: Notebook 04's run of the curriculum when it was a profile of its own (now the default profile's recipe).
+CURRICULUM = EXPERIMENTS / "curriculum" / "notebook-run"
+CURRICULUM_PUBLISHED = _committed("experiments/curriculum/notebook-run/RUNINFO.json")
+curriculum_published = pytest.mark.skipif(not CURRICULUM_PUBLISHED, reason="experiments/curriculum/notebook-run/ is "
+                                          "not committed")
 
 
 @curriculum_published
@@ -218,7 +203,7 @@ def test_curriculum_run_trained_the_published_stages_to_the_end():
     from icc_utils import finetune as F
     from icc_utils.profiles import load_profile
 
-    stages = F.curriculum_from_params(load_profile("curriculum")["ft_curriculum"])
+    stages = F.curriculum_from_params(load_profile("default")["ft_curriculum"])
     dirs = F.stage_dirs(stages, CURRICULUM / "04" / "adapter")
     for stage, out, run in zip(stages, dirs, CURRICULUM_RUNS, strict=True):
         meta = json.loads((out / "train_config.json").read_text())
@@ -226,27 +211,6 @@ def test_curriculum_run_trained_the_published_stages_to_the_end():
         assert meta["finished"] and meta["data_sha256"] == bench["data_sha256"], stage.name
         assert meta["global_step"] == meta["n_episodes"] == stage.n_episodes, stage.name
         assert (out / "eval_curve.csv").is_file() and (out / "loss_curve.csv").is_file(), stage.name
-
-
-@curriculum_published
-def test_curriculum_table1_scores_the_default_runs_test_episodes():
-    """The curriculum's Table 1 is scored on the published default run's test episodes (15 per df, none dropped):
-    the reference rows agree episode by episode, and target_check.csv's df-1 margin is read off its own table."""
-    import pandas as pd
-
-    ours = pd.read_csv(CURRICULUM / "04" / "table1_episodes.csv")
-    default = pd.read_csv(PUBLISHED / "04" / "table1_episodes.csv")
-    for method in ("kmeans", "one label for every point"):
-        a = ours[ours["method"] == method][["episode_id", "df", "accuracy"]].reset_index(drop=True)
-        b = default[default["method"] == method][["episode_id", "df", "accuracy"]].reset_index(drop=True)
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
-    tuned = ours[ours["method"] == "finetuned"]
-    assert sorted(tuned["episode_id"]) == sorted(default[default["method"] == "kmeans"]["episode_id"])
-    summary = pd.read_csv(CURRICULUM / "04" / "table1_summary.csv").set_index(["method", "df"])
-    margin = summary.loc[("finetuned", 1.0), "accuracy"] - summary.loc[("kmeans", 1.0), "accuracy"]
-    check = pd.read_csv(CURRICULUM / "04" / "target_check.csv").set_index("target")
-    assert check.loc["fine-tuned beats k-means at df=1", "ours"] == pytest.approx(margin, abs=1e-6)
-    assert bool(check.loc["fine-tuned beats k-means at df=1", "met"]) == (margin > 0)
 
 
 @curriculum_published
@@ -295,7 +259,7 @@ def test_seed1_replicate_is_the_curriculum_with_root_seed_1_on_the_same_validati
     from icc_utils import finetune as F
     from icc_utils.profiles import load_profile
 
-    stages = F.curriculum_from_params(load_profile("curriculum")["ft_curriculum"])
+    stages = F.curriculum_from_params(load_profile("default")["ft_curriculum"])
     baselines = [c for c in pd.read_csv(SEED1 / "s1" / "budget_curve.csv").columns if c.startswith(("kmeans", "one_"))]
     for i, (stage, run) in enumerate(zip(stages, CURRICULUM_RUNS, strict=True)):
         meta = json.loads((SEED1 / f"s{i + 1}" / "adapter" / "train_config.json").read_text())

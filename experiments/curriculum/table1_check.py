@@ -15,7 +15,7 @@ per adapter: its accuracy at df=1 against k-means' (the target) and its mean ove
         --adapter curriculum-s3=experiments/curriculum/c3d3-curriculum-s3/adapter \\
         --adapter curriculum-s2=experiments/curriculum/c3d3-curriculum-s2/adapter \\
         --out experiments/curriculum/c3d3-curriculum-s3/table1
-    .venv/bin/python experiments/curriculum/table1_check.py --adapter curriculum=results/curriculum/04/adapter \\
+    .venv/bin/python experiments/curriculum/table1_check.py --adapter curriculum=experiments/curriculum/notebook-run/04/adapter \\
         --n-per-df 30 --out experiments/curriculum-seed1/table1-n30
 """
 from __future__ import annotations

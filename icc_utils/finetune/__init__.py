@@ -1,6 +1,6 @@
 """LoRA fine-tuning on clustering episodes with next-token loss on the answer only (paper Section 4).
 
-PROTOCOL.md, "Fine-tuning": LoRA on the attention projections (q, k, v, o), loss on the answer
+docs/protocol.md, "Fine-tuning": LoRA on the attention projections (q, k, v, o), loss on the answer
 tokens only, one epoch, effective batch 32, learning rate 5e-4, cosine schedule; permutation
 augmentation repeats each episode with k random point orders (Table 5).
 

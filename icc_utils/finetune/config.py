@@ -14,7 +14,7 @@ BOOKKEEPING_FIELDS = ("save_steps", "logging_steps", "max_train_seconds")
 
 @dataclass
 class FinetuneConfig:
-    """Everything that determines a fine-tuning run (defaults: the paper's recipe, PROTOCOL.md: LoRA r=64,
+    """Everything that determines a fine-tuning run (defaults: the paper's recipe, docs/protocol.md: LoRA r=64,
     alpha 16, dropout 0.05 on q/k/v/o, lr 5e-4 with a cosine schedule, effective batch 32, one epoch).
 
     Effective batch = ``per_device_batch_size * gradient_accumulation_steps`` (x the number of
