@@ -56,8 +56,8 @@ test: $(STAMP)
 # After editing notebooks/profiles/default.yml or icc_utils/params.py: rewrite the notebooks' parameters and check
 # cells and the papermill parameter files from them
 params: $(STAMP)
-	$(PY) -m icc_utils.params sync-notebooks
-	$(PY) -m icc_utils.params sync-files
+	$(PY) -m icc_utils.params_sync sync-notebooks
+	$(PY) -m icc_utils.params_sync sync-files
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py

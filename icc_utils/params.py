@@ -12,7 +12,7 @@ allows), then the checks that span parameters (e.g. a per-cell count above what 
 and returns the values, normalised (``dtype="auto"`` resolved), with what the notebook derives from them
 (e.g. notebook 04's ``config``).
 
-``python -m icc_utils.params sync-notebooks [NN ...]`` writes the parameters and check cells from
+``python -m icc_utils.params_sync sync-notebooks [NN ...]`` writes the parameters and check cells from
 ``default.yml``; ``sync-files`` writes ``notebooks/parameters/<profile>/<NN>.yml`` for ``papermill -f``;
 ``check`` lists what is out of sync; ``doc`` prints the table (:mod:`icc_utils.params_sync`).
 """
@@ -413,7 +413,7 @@ def check_values(notebook: str, values: Mapping[str, Any]) -> dict:
     missing = [n for n in names if n not in values]
     if missing:
         raise ValueError(f"notebook {notebook} declares {missing} (icc_utils/params.py) but they are not set; "
-                         f"regenerate its parameters cell: python -m icc_utils.params sync-notebooks {notebook}")
+                         f"regenerate its parameters cell: python -m icc_utils.params_sync sync-notebooks {notebook}")
     out, errors = {}, []
     for n in names:
         try:
@@ -437,11 +437,3 @@ def validated(notebook: str, namespace: Mapping[str, Any]) -> dict:
     if spec.derive:
         values.update(spec.derive(values))
     return values
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .params_sync import main
-
-    sys.exit(main())

@@ -9,11 +9,11 @@
 
 ::
 
-    python -m icc_utils.params sync-notebooks [NN ...]   # rewrite the two cells (nbformat; no outputs)
-    python -m icc_utils.params sync-files                # rewrite notebooks/parameters/
-    python -m icc_utils.params check [NN ...]            # list what is out of sync (exit 1 if anything)
-    python -m icc_utils.params show NN [--profile P]     # print a notebook's parameter file
-    python -m icc_utils.params doc                       # the parameter table (markdown)
+    python -m icc_utils.params_sync sync-notebooks [NN ...]   # rewrite the two cells (nbformat; no outputs)
+    python -m icc_utils.params_sync sync-files                # rewrite notebooks/parameters/
+    python -m icc_utils.params_sync check [NN ...]            # list what is out of sync (exit 1 if anything)
+    python -m icc_utils.params_sync show NN [--profile P]     # print a notebook's parameter file
+    python -m icc_utils.params_sync doc                       # the parameter table (markdown)
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .profiles import available_profiles, load_profile
 
 PARAMETERS_DIR = NOTEBOOKS_DIR / "parameters"
 PARAMETERS_HEADER = ("# Notebook parameters: the default profile's values (notebooks/profiles/default.yml), written by\n"
-                     "# python -m icc_utils.params sync-notebooks; other profiles: python -m icc_utils.run --profile NAME")
+                     "# python -m icc_utils.params_sync sync-notebooks; other profiles: python -m icc_utils.run --profile NAME")
 
 __all__ = ["literal", "parameters_source", "check_source", "cell_values", "notebook_cells", "sync_notebook",
            "parameter_file_text", "sync_files", "out_of_sync", "main"]
@@ -127,7 +127,7 @@ def parameter_file_text(profile: str, notebook: str) -> str:
     values = load_profile(profile)
     params = {name: values[name] for name in declared(notebook)}
     header = (f"# {profile} profile, parameters of notebook {NOTEBOOKS[notebook].file}; written by "
-              f"python -m icc_utils.params sync-files\n# from notebooks/profiles/{profile}.yml (edit that file). Use: "
+              f"python -m icc_utils.params_sync sync-files\n# from notebooks/profiles/{profile}.yml (edit that file). Use: "
               f"papermill notebooks/{NOTEBOOKS[notebook].file} out.ipynb -f notebooks/parameters/{profile}/{notebook}.yml\n")
     body = "".join(yaml.safe_dump({k: v}, default_flow_style=False if not isinstance(v, (list, dict)) else None,
                                    width=120, allow_unicode=True) for k, v in params.items())
@@ -182,7 +182,7 @@ def doc_table() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m icc_utils.params", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m icc_utils.params_sync", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("sync-notebooks", "check"):
         s = sub.add_parser(name)
@@ -212,3 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}")
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

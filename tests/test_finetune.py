@@ -503,19 +503,26 @@ def test_the_command_line_trains_the_profiles_adapter(monkeypatch, tmp_path):
     from icc_utils.profiles import load_profile
 
     calls = []
-    monkeypatch.setattr(cli, "train_curriculum", lambda config, stages, out: calls.append((config, stages, out)))
+    monkeypatch.setattr(cli, "train_curriculum",
+                        lambda config, stages, out, init_adapter=None: calls.append((config, stages, out, init_adapter)))
     monkeypatch.setattr(cli, "train", lambda config, episodes, out: calls.append((config, len(episodes), out)))
     monkeypatch.setattr(cli, "training_episodes", lambda profile, n: [profile] * n)
     cli.main(["--profile", "default", "--seed", "1", "--out", str(tmp_path / "a")])
-    config, stages, out = calls[-1]
+    config, stages, out, init = calls[-1]
     profile = load_profile("default")
     assert [s.name for s in stages] == [s["name"] for s in profile["ft_curriculum"]] and out == tmp_path / "a"
     assert config.seed == 1 and config.learning_rate == profile["ft_learning_rate"] and config.n_permutations == 1
-    cli.main(["--profile", "default", "--augmented"])
+    assert init is None
+    cli.main(["--profile", "default", "--augmented", "--from-stage", "5", "--init-adapter", "stage4"])
+    config, stages, out, init = calls[-1]
+    assert [s.name for s in stages] == [profile["ft_curriculum"][-1]["name"]] and init == "stage4"
+    assert config.seed == profile["seed"] and config.n_permutations == profile["ft_aug_permutations"]
+    assert out == RESULTS_DIR / "default" / "04" / "adapter_aug"
+    cli.main(["--profile", "smoke"])          # no curriculum: notebook 00's training split
     config, n, out = calls[-1]
-    default = load_profile("default")
-    assert n == default["ft_n_train_episodes"] and config.seed == default["seed"]
-    assert config.n_permutations == default["ft_aug_permutations"] and out == RESULTS_DIR / "default" / "04" / "adapter_aug"
+    assert n == load_profile("smoke")["ft_n_train_episodes"] and out == RESULTS_DIR / "smoke" / "04" / "adapter"
+    with pytest.raises(SystemExit):
+        cli.main(["--profile", "default", "--from-stage", "3"])          # no --init-adapter
     usage = subprocess.run([sys.executable, "-m", "icc_utils.finetune", "--help"], cwd=PROJECT_ROOT, text=True,
                            capture_output=True, check=True).stdout
     assert all(option in usage for option in ("--profile", "--seed", "--out", "--augmented"))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Built from pieces so that this file does not match itself.
 _SEP = "/"
 MACHINE_PATH = re.compile(
-    r"(?<![\w.~$-])" + _SEP + r"(?:work|tmp|root|scratch|mnt)" + _SEP + r"[\w.~-]"   # /work/x, /tmp/x, /root/x, ...
+    r"(?<![\w.~$-])" + _SEP + r"(?:work|tmp|root|scratch|mnt)" + _SEP + r"[\w.~-]"   # work, tmp, root, ... folders
     + r"|(?<![\w.~$-])" + _SEP + r"(?:home|Users)" + _SEP + r"[A-Za-z_][\w.-]*"       # /home/<user>, /Users/<user>
     + r"|(?<![\w.~$-])" + _SEP + r"var" + _SEP + r"folders" + _SEP                    # macOS temporary folders
     + r"|\b[A-Za-z]:(?:\\\\|\\|/)Users(?:\\\\|\\|/)",                                   # C:\Users (raw or JSON-escaped)
