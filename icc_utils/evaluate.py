@@ -226,40 +226,6 @@ def permutation_table(rows: pd.DataFrame, paper: pd.DataFrame | None = None) -> 
     return wide.reset_index().rename(columns={"row": "method"})
 
 
-def zero_shot_findings(summary: pd.DataFrame, paper: pd.DataFrame, n_clusters: int, dim: int) -> str:
-    """Plain-language findings for Figure 2, computed from the numbers, next to the paper's.
-
-    Rule: a model is "near chance" when its mean accuracy over the df is within 2 standard errors
-    (or 0.03) of the chance level; "heavy tails hurt X more" compares the drop from the largest to the
-    smallest df.
-    """
-    from .metrics import sem
-    lines = [f"**Setting:** c={n_clusters}, d={dim}; means over all df (each df equally weighted)."]
-    by = summary.assign(name=row_name(summary)).groupby("name", sort=False)
-    means = {k: float(g["accuracy"].mean()) for k, g in by}
-    ses = {k: float(np.sqrt((g["accuracy_se"] ** 2).sum()) / len(g)) for k, g in by}
-    chance = means.get("chance random labels", means.get("chance", float("nan")))
-    for name, m in means.items():
-        if name.startswith("chance"):
-            continue
-        g = by.get_group(name).sort_values("df")
-        drop = float(g["accuracy"].iloc[-1] - g["accuracy"].iloc[0])
-        wf = g["well_formed_mean"] if "well_formed_mean" in g else g.get("well_formed")
-        wf_txt = f", well-formed replies {float(wf.mean()):.0%}" if wf is not None and name not in ("kmeans", "gmm", "agglomerative", "spectral") else ""
-        near = abs(m - chance) <= max(2 * ses[name], 0.03)
-        verdict = "near chance" if near else ("below chance" if m < chance else "above chance")
-        lines.append(f"- **{name}**: mean accuracy {m:.3f} ± {ses[name]:.3f} ({verdict}; chance {chance:.3f}); "
-                     f"accuracy at the largest df minus the smallest df: {drop:+.3f}{wf_txt}.")
-    if len(paper):
-        lines.append("")
-        lines.append("**Paper, same setting (Table 1):**")
-        for name, g in paper.groupby("model", sort=False):
-            g = g.sort_values("df")
-            lines.append(f"- {name} ({g['method'].iloc[0]}): mean {g['accuracy'].mean():.3f}; largest-df minus smallest-df "
-                         f"{g['accuracy'].iloc[-1] - g['accuracy'].iloc[0]:+.3f}.")
-    return "\n".join(lines)
-
-
 def reply_samples(backends: dict, episodes: Sequence, profile: str, constrained_modes: Sequence[bool] = (False,),
                   known_k: bool = True, k: int = 5) -> pd.DataFrame:
     """The raw replies behind a table, for readers: the first ``k`` episodes of each cell for every LLM

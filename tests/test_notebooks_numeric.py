@@ -49,7 +49,8 @@ def test_notebook01_figure2(smoke_run):
     methods = set(zip(summary["model"], summary["method"]))
     for expected in [("SmolLM2-135M-Instruct", "zero-shot"), ("SmolLM2-135M-Instruct", "zero-shot+constrained"),
                      ("kmeans", "kmeans"), ("gmm", "gmm"), ("agglomerative", "agglomerative"),
-                     ("spectral", "spectral"), ("chance", "random labels")]:
+                     ("spectral", "spectral"), ("chance", "random labels"),
+                     ("one label", "one label for every point")]:
         assert expected in methods, expected
     assert set(summary["df"]) == {1.0, 100.0}
     assert summary["accuracy"].between(0, 1).all() and summary["nmi"].between(0, 1).all()
@@ -59,11 +60,18 @@ def test_notebook01_figure2(smoke_run):
     # no GPT row without a key or base URL: skipped, not crashed
     assert "gpt-4o" not in set(summary["model"])
     episodes = pd.read_csv(res / "fig2_episodes.csv")
-    assert len(episodes) == 2 * 2 * 7  # 2 df x 2 episodes x (2 LLM modes + 4 classical + chance)
+    assert len(episodes) == 2 * 2 * 8  # 2 df x 2 episodes x (2 LLM modes + 4 classical + 2 chance references)
+    one = episodes[episodes["method"] == "one label for every point"]
+    assert (one["ari"].abs() < 1e-12).all() and (one["n_pred_clusters"] == 1).all()
     table = pd.read_csv(res / "table1_zero_shot.csv")
     assert any(m.startswith("(paper) gpt-4o") for m in table["method"])
     assert {"df=1", "df=100"} <= set(table.columns)
     assert (res / "figure2_accuracy_vs_df.png").exists()
+    samples = pd.read_csv(res / "reply_samples.csv")
+    assert {"reply", "well_formed"} <= set(samples.columns) and len(samples) >= 4
+    budget = pd.read_csv(res / "token_budget.csv")
+    assert set(budget["budget"]) == {"answer + 16 tokens", "24 tokens"}       # smoke: budget_max_new_tokens 24
+    assert (budget["n"] == 2).all()                                            # smoke: budget_n_episodes 2
 
 
 def test_notebook01_other_tables(smoke_run):

@@ -2,7 +2,8 @@
 
 ``experiments/finetune-budget/finetune_budget.py`` reads its learning curve on validation episodes (the ``val`` seed split). This
 script scores finished adapters once on the test episodes of Table 1's setting, the same ones notebook 04 scores
-(the default profile's ``t1_*`` cells of notebook 00's t test set, c=3, d=3, ``t1_n_per_cell`` episodes per df;
+(the default profile's ``t1_*`` cells of notebook 00's t test set, c=3, d=3, 15 episodes per df as the default
+profile then had (``WHEN_RUN``; these are now development episodes, before the verdict block of ``verdict_start``);
 regenerated here from their seeds, so notebook 00 need not have run), with k-means and answering one label for every
 point beside. Greedy free decoding in the paper's answer format, the profile's dtype and batch size. Nothing here
 is tuned on these episodes: run it on adapters whose training and stopping were decided on the validation curve.
@@ -38,9 +39,14 @@ from icc_utils.metrics import summarize  # noqa: E402
 from icc_utils.models import get_backend  # noqa: E402
 
 
+#: The default profile's Table 1 counts when this experiment ran (the profile has since moved on).
+WHEN_RUN = {"t1_n_per_cell": 15, "test_n_per_cell": 30}
+
+
 def table1_episodes(params: dict, dfs: list[float] | None = None, n_per_df: int | None = None) -> list:
-    """Notebook 04's Table 1 episodes of the default profile: the first ``n_per_df`` (default ``t1_n_per_cell``) of
-    each notebook-00 cell, so a larger ``n_per_df`` adds the cell's later test episodes to the notebook's."""
+    """Notebook 04's Table 1 episodes of the default profile as it was (``WHEN_RUN``): the first ``n_per_df``
+    (default 15) of each notebook-00 cell, so a larger ``n_per_df`` adds the cell's later test episodes."""
+    params = {**params, **WHEN_RUN}
     dfs = [float(x) for x in (dfs or params["t1_dfs"])]
     grid = D.make_grid("t", [params["t1_n_clusters"]], [params["t1_dim"]], dfs, params["test_n_per_cell"],
                        params["seed"], "test", tuple(params["length_range"]))
@@ -53,11 +59,11 @@ def main(argv=None) -> None:
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", required=True,
                     help="an adapter to score (repeatable)")
     ap.add_argument("--dfs", type=float, nargs="+", help="Table 1's dfs to score (default: all of t1_dfs)")
-    ap.add_argument("--n-per-df", type=int, help="test episodes per df (default: the profile's t1_n_per_cell, as in "
-                    "notebook 04; at most test_n_per_cell, all notebook 00 generates)")
+    ap.add_argument("--n-per-df", type=int, help="test episodes per df (default 15, as notebook 04 then scored; at most "
+                    "30, the development episodes)")
     ap.add_argument("--out", required=True, help="output folder")
     args = ap.parse_args(argv)
-    params = P.load_profile("default")
+    params = {**P.load_profile("default"), **WHEN_RUN}
     for df in args.dfs or []:
         if df not in [float(x) for x in params["t1_dfs"]]:
             raise SystemExit(f"--dfs: {df:g} is not allowed; Table 1's dfs are {params['t1_dfs']}")

@@ -30,7 +30,6 @@ from .curriculum import (STAGE_KEYS, CurriculumStage, curriculum_curve, curricul
 from .data import (IGNORE_INDEX, EpisodeDataset, augment_permutations, collate, data_sha256, encode_chat_example,
                    encode_training_example, permutation_seeds, training_episodes)
 from .evaluation import curve_evaluator, evaluate_before_after, kmeans_reference, learning_curve_table
-from .legacy_report import finetune_findings, target_check
 from .loss import answer_only_loss, next_token_logits
 from .training import TrainResult, _identity, run_identity, same_run, train  # noqa: F401  (_identity: tests)
 
@@ -43,5 +42,4 @@ __all__ = [
     "STAGE_KEYS", "CurriculumStage", "curriculum_curve", "curriculum_from_params", "stage_dirs", "stage_loss_curves",
     "train_curriculum",
     "curve_evaluator", "evaluate_before_after", "kmeans_reference", "learning_curve_table",
-    "finetune_findings", "target_check",
 ]
