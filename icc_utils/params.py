@@ -237,7 +237,6 @@ PARAMS: dict[str, Param] = {
     "cond_ft_max_train_minutes": _p(Num(0.01), COND, "training time limit per run"),
     "cond_figure_conditions": _p(Strs(nonempty=True), COND, "conditions shown in the figure"),
     "cond_figure_n_images": _p(Int(2), COND, "images shown per condition"),
-    "cond_target_margin": _p(Num(0, 1), COND, "margin over k-means that counts as reproduced"),
     # 07_reproduction_report
     "verdict_z": _p(Num(0, to_float=True), "07", "standard errors a difference needs to count as reproduced"),
 }

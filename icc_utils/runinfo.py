@@ -72,7 +72,7 @@ def _torch_info() -> dict:
 
 def environment_info() -> dict:
     """Commit, machine, threads and library versions for RUNINFO.json."""
-    from .models import cpu_native_bf16   # what ``dtype: auto`` keys on (no torch import)
+    from .model_loading import cpu_native_bf16   # what ``dtype: auto`` keys on (no torch import)
 
     commit = _git("rev-parse", "HEAD")
     # dirty = code, notebooks or profiles differ from the commit; results/ and data/ are what the run writes

@@ -1,4 +1,4 @@
-"""icc_utils.vision.conditional and .legacy_report: the probe captioner, paired episodes, Table 3 and the
+"""icc_utils.vision.conditional: the probe captioner, paired episodes, Table 3 and the
 target (no torch)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from icc_utils.paper import paper_results
-from icc_utils.vision import conditional as C, legacy_report as LR
+from icc_utils.vision import conditional as C
 from icc_utils.vision.shapes import make_shapes_set
 
 
@@ -81,7 +81,7 @@ def test_paired_episodes_share_images_and_have_c_clusters_under_each_condition(s
     assert C.paired_episodes(shapes, objects, ["color", "shape"], 10, seed=5)[0].indices == eps[0].indices
 
 
-def test_table3_target_and_verdict_from_a_summary():
+def test_table3_from_a_summary():
     summary = pd.DataFrame([
         {"method": C.KMEANS_METHOD, "condition": "color", "n_clusters": 2, "accuracy": 0.70, "accuracy_se": 0.02},
         {"method": "ICC (Small)", "condition": "color", "n_clusters": 2, "accuracy": 0.90, "accuracy_se": 0.02},
@@ -94,13 +94,6 @@ def test_table3_target_and_verdict_from_a_summary():
     assert paper_km.startswith("0.66")                  # the paper's ImageNet colour k-means, 66.40
     assert "(paper) ICC (Large)" in set(t3["method"])
     assert not any("mood" in c for c in t3.columns)     # conditions our data lacks are left out
-    check = LR.conditional_target_check(summary, ["ICC (Small)"]).set_index("condition")
-    assert check.loc["color", "meets"] and not check.loc["shape", "meets"]
-    assert check.loc["color", "difference"] == pytest.approx(0.20)
-    verdict = LR.conditional_target_verdict(LR.conditional_target_check(summary, ["ICC (Small)"]))
-    assert verdict.startswith("NOT met") and "shape c=2: +0.050" in verdict
-    color_only = LR.conditional_target_check(summary[summary["condition"] == "color"], ["ICC (Small)"])
-    assert LR.conditional_target_verdict(color_only).startswith("met")
 
 
 def test_conditional_prompts_name_the_condition(shapes):
@@ -120,16 +113,3 @@ def test_caption_template_is_checked():
         C.check_caption_template("a {size} {shape}", ["shape", "color"])
     with pytest.raises(ValueError, match="cond_caption_template"):
         C.check_caption_template("no fields", ["shape"])
-
-
-def test_findings_state_the_numbers_and_the_verdict():
-    summary = pd.DataFrame([
-        {"method": C.KMEANS_METHOD, "condition": "color", "n_clusters": 2, "accuracy": 0.80, "accuracy_se": 0.02,
-         "nmi": 0.5},
-        {"method": "ICC (Small)", "condition": "color", "n_clusters": 2, "accuracy": 0.66, "accuracy_se": 0.02,
-         "nmi": 0.0}])
-    check = LR.conditional_target_check(summary, ["ICC (Small)"])
-    text = LR.conditional_findings(summary, check, LR.conditional_target_verdict(check), None, 600.0)
-    assert "- color, c=2: k-means (frozen features) 0.80 ± 0.02; ICC (Small) 0.66 ± 0.02" in text
-    assert "ICC (Small) 0.00; k-means (frozen features) 0.50" in text
-    assert "NOT met" in text and "10.0 minutes" in text

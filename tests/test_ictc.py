@@ -377,6 +377,23 @@ def test_openai_chat_fn_caches_and_second_run_makes_no_requests(tmp_path, worker
     assert again == first and len(client.requests) == 17
 
 
+def test_openai_chat_fn_keys_replies_by_the_full_base_url(tmp_path):
+    """Two endpoints on one host (different URL paths) never share cached replies (issue 39, fault 9)."""
+    from icc_utils.api import OpenAIChatModel
+
+    path = tmp_path / "replies.jsonl"
+    keys = {}
+    for url in ("http://127.0.0.1:8000/a/v1", "http://127.0.0.1:8000/b/v1"):
+        client = OpenAIChatModel("gpt-fake", base_url=url, api_key="sk-test")
+        fake = FakeClient(max_workers=1)
+        client.chat = fake.chat
+        openai_chat_fn(client, ReplyCache(path))([ictc.label_messages(TOY[0], "color")], LABEL_MAX_TOKENS)
+        keys[url] = cache_key("openai", client.cache_model_id, ictc.label_messages(TOY[0], "color"),
+                              {"temperature": 0, "max_tokens": LABEL_MAX_TOKENS})
+        assert len(fake.requests) == 1, f"{url} reused another endpoint's reply"
+    assert len(set(keys.values())) == 2 and all(k in ReplyCache(path) for k in keys.values())
+
+
 def test_openai_chat_fn_error_is_raised():
     client = FakeClient(max_workers=2)
 

@@ -66,11 +66,10 @@ def test_ictc_gives_a_valid_assignment_for_every_image(smoke_run):
     assert {int(i) for i in captions} == {i for e in eps.values() for i in e.indices}
 
 
-def test_target_check_and_paired_figure(smoke_run):
-    check = json.loads((RES / "target_check.json").read_text())
-    assert check["verdict"].startswith(("met", "NOT met"))
-    assert {r["condition"] for r in check["rows"]} == CONDITIONS
-    assert {r["method"] for r in check["rows"]} == {"ICC (Small)", "ICC (Medium)"}
+def test_the_c8_verdict_and_paired_figure(smoke_run):
+    assert not (RES / "target_check.json").exists()     # one verdict system: the claims table (icc_utils.claims)
+    executed = (RES.parent / "06_conditional_image_clustering.ipynb").read_text()
+    assert "C8" in executed and "not testable at this profile" in executed   # smoke: fewer than 30 episodes
     paired = pd.read_csv(RES / "figure5_paired.csv")
     assert set(paired["condition"]) == {"color", "shape"}
     assert set(paired["method"]) == {"ICC (Medium)", "k-means (frozen features)"}

@@ -38,7 +38,7 @@ def test_table7_is_computed_from_the_model(smoke_run):
     assert t7.set_index("kernel")["tokens_per_image"].to_dict() == {1: 16, 2: 4, 4: 1}
 
 
-def test_table2_rows_and_target_check(smoke_run):
+def test_table2_rows_and_the_c7_verdict(smoke_run):
     rows = pd.read_csv(RES / "table2_episodes.csv")
     assert {"k-means (frozen features)", "ICC (Small)", "ICC (Medium)"} <= set(rows["method"])
     assert set(rows["test_set"]) == {"unseen classes", "invert (out of domain)"}
@@ -48,9 +48,9 @@ def test_table2_rows_and_target_check(smoke_run):
     assert rows.groupby("method")["episode_id"].nunique().nunique() == 1
     table2 = pd.read_csv(RES / "table2_image_clustering.csv")
     assert any(c.startswith("(paper) ImageNet") for c in table2.columns)
-    check = json.loads((RES / "target_check.json").read_text())
-    assert check["verdict"].startswith(("met", "NOT met"))
-    assert {r["n_clusters"] for r in check["rows"]} == {5}   # smoke tests c in {2, 5}
+    assert not (RES / "target_check.json").exists()     # one verdict system: the claims table (icc_utils.claims)
+    executed = (RES.parent / "05_image_clustering.ipynb").read_text()
+    assert "C7" in executed and "not testable at this profile" in executed   # smoke: fewer than 30 episodes
 
 
 def test_adapters_hold_lora_and_the_projector(smoke_run):

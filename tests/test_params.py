@@ -39,8 +39,9 @@ def test_default_profile_holds_every_parameter_in_table_order():
 @pytest.mark.parametrize("profile", available_profiles())
 def test_every_profile_passes_every_notebooks_checks(profile, monkeypatch):
     from icc_utils import models as M
+    from icc_utils import model_loading as ML
 
-    monkeypatch.setattr(M, "native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "native_bf16", lambda: False)
     values = load_profile(profile)
     for nb in P.NOTEBOOKS:
         checked = P.check_values(nb, values)
@@ -138,10 +139,11 @@ def test_check_values_lists_every_bad_parameter():
 
 def test_dtype_auto_is_resolved(monkeypatch, capsys):
     from icc_utils import models as M
+    from icc_utils import model_loading as ML
 
-    monkeypatch.setattr(M, "native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "native_bf16", lambda: True)
     assert P.check_values("01", load_profile("default"))["dtype"] == "bfloat16"
-    monkeypatch.setattr(M, "native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "native_bf16", lambda: False)
     assert P.check_values("01", load_profile("default"))["dtype"] == "float32"
 
 

@@ -258,14 +258,15 @@ def test_notebook_parameters_and_parameters_for(tmp_path):
 
 def test_check_dtype_resolves_auto_by_the_machine(monkeypatch, capsys):
     from icc_utils import models as M
+    from icc_utils import model_loading as ML
     from icc_utils.profiles import check_dtype
 
     assert check_dtype("dtype", "float32") == "float32"
     assert check_dtype("dtype", "bfloat16") == "bfloat16"
-    monkeypatch.setattr(M, "native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "native_bf16", lambda: True)
     assert check_dtype("dtype", "auto") == "bfloat16"
     assert "dtype=auto -> bfloat16" in capsys.readouterr().out
-    monkeypatch.setattr(M, "native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "native_bf16", lambda: False)
     assert check_dtype("vlm_dtype", "auto") == "float32"
     with pytest.raises(ValueError, match=r"vlm_dtype='fp8' is not allowed; choose one of \['auto', 'float32'"):
         check_dtype("vlm_dtype", "fp8")
@@ -274,10 +275,11 @@ def test_check_dtype_resolves_auto_by_the_machine(monkeypatch, capsys):
 def test_auto_dtype_names_the_resolved_dtype_in_the_model_id(monkeypatch):
     """The reply cache must never mix float32 and bfloat16 replies under one 'auto' id."""
     from icc_utils import models as M
+    from icc_utils import model_loading as ML
 
-    monkeypatch.setattr(M, "native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "native_bf16", lambda: False)
     assert M.LocalChatModel("embedded", dtype="auto").model_id.endswith("|float32")
-    monkeypatch.setattr(M, "native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "native_bf16", lambda: True)
     assert M.LocalChatModel("embedded", dtype="auto").model_id.endswith("|bfloat16")
     with pytest.raises(ValueError, match="dtype='half' is not allowed"):
         M.LocalChatModel("embedded", dtype="half")
@@ -286,12 +288,13 @@ def test_auto_dtype_names_the_resolved_dtype_in_the_model_id(monkeypatch):
 def test_ft_bf16_auto_follows_the_machine(monkeypatch):
     from icc_utils import finetune as F
     from icc_utils import models as M
+    from icc_utils import model_loading as ML
     from icc_utils.profiles import load_profile
 
     params = load_profile("default")
     assert params["ft_bf16"] == "auto"
     for native in (True, False):
-        monkeypatch.setattr(M, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(ML, "native_bf16", lambda native=native: native)
         cfg = F.config_from_params(params, "embedded", 0)
         assert cfg.bf16 is native and cfg.weights_dtype == ("bfloat16" if native else "float32")
         assert cfg.kernels == params["ft_kernels"] == "auto"

@@ -141,7 +141,7 @@ def config_from_params(params: dict, model: str, seed: int) -> FinetuneConfig:
     p = {k[3:]: v for k, v in params.items() if k.startswith("ft_")}
     minutes = p.get("max_train_minutes") or 0
     if p["bf16"] == "auto":   # bf16 where this machine runs it natively (models.native_bf16)
-        from ..models import native_bf16
+        from ..model_loading import native_bf16
         p["bf16"] = native_bf16()
     return FinetuneConfig(
         model=model, lora_r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=p["lora_dropout"],

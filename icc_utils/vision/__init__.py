@@ -15,5 +15,4 @@ One module per concern; import the one you need (this package imports none of th
 * ``baselines``: per-episode score rows, chance, k-means on frozen features, Table 2;
 * ``conditional``: notebook 06's data, captioners, paired episodes and Table 3;
 * ``ictc``: the IC|TC baseline (captions -> labels -> c names -> assignments);
-* ``legacy_report``: notebooks 05 and 06's closing checks and paragraphs.
 """

@@ -346,10 +346,11 @@ def openai_chat_fn(client: "OpenAIChatModel", cache: ReplyCache | None = None) -
 
     Uncached message lists (deduplicated) are sent with up to ``client.max_workers`` requests in
     flight; each reply goes to ``cache`` the moment it arrives, keyed by
-    ``cache_key("openai", "<server>/<model>", messages, {"temperature": 0, "max_tokens": k})``
-    (the key :meth:`OpenAIChatModel.predict` uses for its own requests).
+    ``cache_key("openai", client.cache_model_id, messages, {"temperature": 0, "max_tokens": k})``: the full
+    base URL and the model, as :meth:`OpenAIChatModel.predict` keys its own requests (two endpoints on one
+    host never share replies).
     """
-    model_id = f"{getattr(client, 'server', 'openai')}/{client.name}"
+    model_id = getattr(client, "cache_model_id", None) or f"{getattr(client, 'server', 'openai')}/{client.name}"
 
     def chat(batch: list[list[dict]], max_tokens: int) -> list[str]:
         k = _check_max_tokens(max_tokens)
