@@ -1,10 +1,13 @@
 """icc_utils: the thin, tested package behind the In-Context Clustering (ICC) study notebooks.
 
-One module per concern: ``data`` (seeded episodes), ``prompts``, ``parsing``, ``metrics``,
-``cache`` (model replies), ``models`` (local, OpenAI-compatible and classical backends),
-``estimators`` (:class:`ICCClustering`, a scikit-learn estimator), ``profiles`` (parameter files
-and validation), ``plots``, ``evaluate`` and ``runner``. Paths are resolved from the package, never
-from the working directory.
+Modules by concern, in the order of the study: ``data`` (seeded episodes), ``prompts``, ``parsing``,
+``metrics``; ``model_loading``, ``models``, ``backends`` and ``api`` (local, served and classical models),
+``decoding``, ``batch_invariance`` and ``kernels`` (how local models generate and train), ``cache`` (model
+replies), ``evaluate``; the subpackages ``attention`` (notebooks 02-03), ``finetune`` (04) and ``vision``
+(05-06); ``publish`` (the adapters in ``models/``), ``verdicts``, ``claims`` and ``report`` (C1-C8);
+``params``, ``validation`` and ``profiles`` (parameters), ``runner`` and ``runinfo`` (papermill runs);
+``estimators`` (:class:`ICCClustering`, :class:`AttentionSpectralClustering`: scikit-learn estimators);
+``plots``. Paths are resolved from the package, never from the working directory.
 
 Installed without the study's checkout (``pip install .``), the package still has the paper's
 numbers (package data) and the estimators; caches then go to the user's cache folder
@@ -26,7 +29,7 @@ RESULTS_DIR: Path = PROJECT_ROOT / "results"
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
 #: The parameter profiles: ``notebooks/profiles/`` in a checkout, a copy in the package (package data) otherwise.
 PROFILES_DIR: Path = NOTEBOOKS_DIR / "profiles" if (NOTEBOOKS_DIR / "profiles").is_dir() else PACKAGE_DIR / "_profiles"
-#: The paper's reported numbers (a copy of ``shared/paper/reported_results.csv``), shipped as package data.
+#: The paper's reported numbers, one row per table cell, shipped as package data.
 PAPER_RESULTS_CSV: Path = PACKAGE_DIR / "paper_results.csv"
 #: Where the study's published fine-tuned adapter (a PEFT folder: ``adapter_config.json`` +
 #: ``adapter_model.safetensors``) is looked for, in order: inside the package (package data, so a

@@ -1,7 +1,7 @@
 """The paper's reported numbers (Tables 1-6), for putting beside ours.
 
-``icc_utils/paper_results.csv`` (package data, so an installed package has it too) is a copy of
-``shared/paper/reported_results.csv``: one row per table cell, accuracy and standard error as fractions.
+``icc_utils/paper_results.csv`` (package data, so an installed package has it too): the numbers the paper
+reports, one row per table cell, accuracy and standard error as fractions.
 """
 from __future__ import annotations
 
