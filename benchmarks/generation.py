@@ -8,9 +8,7 @@ how many of the replies are identical at both batch sizes (batch invariance; ``-
 measures the model's own attention instead), and, last, the ratio batched / sequential.
 
 The dtype is the default profile's ``auto`` (bfloat16 where the CPU runs it natively, else float32;
-the model id printed first names the one used). Measured on a 2-core Xeon with AMX: float32 0.170 /
-0.323 episodes/s (ratio 1.90), bfloat16 0.180 / 0.610 (ratio 3.39); on the AVX2-only AMD EPYC, float32
-0.109 / 0.277 (ratio 2.53) (all before batch-invariant generation).
+the model id printed first names the one used). The measured numbers are in CHANGELOG.md.
 
     python benchmarks/generation.py [--episodes 16] [--batch-size 8] [--dtype float32] [--threads 2]
                                     [--no-batch-invariant]

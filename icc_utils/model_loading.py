@@ -152,8 +152,7 @@ def cpu_native_bf16() -> bool | None:
 
 def native_bf16() -> bool:
     """Whether bfloat16 matmuls run natively here: a CUDA GPU with bf16 support, or a CPU with
-    :func:`cpu_native_bf16`. Elsewhere bf16 is emulated and slower than float32 (measured ~20x on
-    the AVX2-only AMD EPYC CPUs of this study's machines)."""
+    :func:`cpu_native_bf16`. Elsewhere bf16 is emulated and much slower than float32 (docs/performance.md)."""
     import torch
 
     if torch.cuda.is_available():
@@ -162,10 +161,8 @@ def native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``dtype`` itself, or for ``auto`` bfloat16 where it is native (:func:`native_bf16`), else float32.
-
-    Measured on a 2-core Xeon with AMX (benchmarks/generation.py, batch 8): 0.61 episodes/s in
-    bfloat16 against 0.32 in float32; on the AVX2-only AMD EPYC, bfloat16 is ~20x slower."""
+    """``dtype`` itself, or for ``auto`` bfloat16 where it is native (:func:`native_bf16`), else float32
+    (speeds of both on the study's machines: docs/performance.md)."""
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"dtype={dtype!r} is not allowed; choose one of {list(DTYPE_CHOICES)}")
     if dtype == "auto":

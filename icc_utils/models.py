@@ -83,10 +83,9 @@ def get_backend(name: str, **kwargs):
 
 # ---------------------------------------------------------------- local transformers backend
 
-#: Default weights dtype of local models when none is given. float32 runs everywhere; on the study's
-#: AVX2-only AMD EPYC machines bf16 is emulated and ~20x slower (a bf16 matmul ran at 0.3 GFLOP/s
-#: against 132 in float32). The profiles say ``auto`` instead (:func:`resolve_dtype`): bfloat16 on a
-#: GPU or a CPU with AMX/AVX512-BF16 (1.9x faster batched generation on a 2-core Xeon with AMX).
+#: Default weights dtype of local models when none is given: float32 runs everywhere (bf16 is emulated,
+#: and much slower, on CPUs without AMX/AVX512-BF16). The profiles say ``auto`` instead
+#: (:func:`resolve_dtype`): bfloat16 on a GPU or a CPU that runs it natively.
 DEFAULT_LOCAL_DTYPE = "float32"
 #: Tokens allowed beyond the canonical answer of an episode when max_new_tokens is automatic.
 ANSWER_SLACK_TOKENS = 16
