@@ -44,7 +44,7 @@ def test_table1_scores_published_adapters_on_the_verdict_block_only(smoke_run):
 
 
 def test_figure7_table4_table5_and_reply_samples(smoke_run):
-    assert {"pretrained", "finetuned"} <= set(pd.read_csv(RES / "fig7_summary.csv")["method"])
+    assert {"zero-shot", "finetuned", "kmeans"} <= set(pd.read_csv(RES / "fig7_summary.csv")["method"])
     assert (RES / "figure7_grid.png").exists()
     t4 = pd.read_csv(RES / "table4_episodes.csv")
     assert {"finetuned", "kmeans", "one label for every point"} <= set(t4["method"])
