@@ -6,7 +6,8 @@ Modules by concern, in the order of the study: ``data`` (seeded episodes), ``pro
 replies), ``evaluate``; the subpackages ``attention`` (notebooks 02-03), ``finetune`` (04) and ``vision``
 (05-06); ``publish`` (the adapters in ``models/``), ``verdicts``, ``claims`` and ``report`` (C1-C8);
 ``params``, ``validation`` and ``profiles`` (parameters), ``runner`` and ``runinfo`` (papermill runs);
-``estimators`` (:class:`ICCClustering`, :class:`AttentionSpectralClustering`: scikit-learn estimators);
+``estimators`` (:class:`ICCClustering`; ``attention.AttentionSpectralClustering`` is the other scikit-learn
+estimator);
 ``plots``. Paths are resolved from the package, never from the working directory.
 
 Installed without the study's checkout (``pip install .``), the package still has the paper's
