@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,30 @@ def test_lazy_export():
     assert ICCClustering is direct and "ICCClustering" in dir(icc_utils)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         icc_utils.nope  # noqa: B018
+
+
+@pytest.mark.slow
+def test_a_plain_pip_install_ships_the_estimator_profiles_papers_numbers_and_adapter(tmp_path):
+    """``pip install .`` (not editable) into a folder of its own: the package, imported from there and away from
+    the checkout, finds its profiles, the paper's numbers and the published adapter as package data."""
+    import subprocess
+    import sys
+
+    from icc_utils import PROJECT_ROOT
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(PROJECT_ROOT)], check=True, capture_output=True, text=True,
+                   cwd=tmp_path)
+    code = ("import icc_utils, json; from icc_utils import ICCClustering; "
+            "from icc_utils.paper import paper_results; from icc_utils.profiles import load_profile; "
+            "from icc_utils.estimators import resolve_adapter; "
+            "print(json.dumps({'root': str(icc_utils.PACKAGE_DIR), 'checkout': icc_utils.in_checkout(), "
+            "'t1': len(paper_results('T1')), 'seed': load_profile('default')['seed'], "
+            "'adapter': str(resolve_adapter('default', 'embedded')), 'repr': repr(ICCClustering(n_clusters=4))}))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["root"].startswith(str(target)) and not got["checkout"]
+    assert got["t1"] > 0 and got["seed"] == 0 and "ICCClustering(n_clusters=4)" in got["repr"]
+    assert got["adapter"].startswith(str(target)) and (Path(got["adapter"]) / "adapter_model.safetensors").is_file()
