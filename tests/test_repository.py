@@ -1,6 +1,6 @@
 """No committed file names a folder of the machine it was made on (issue 37, item 4).
 
-A path such as ``/work/<checkout>/results``, ``/tmp/<clone>/.venv`` or ``/home/<user>/...`` in an executed
+An absolute path into a checkout, a temporary clone or a user's home folder (the patterns below) in an executed
 notebook, an adapter config or a script ties the repository to one machine: it fails elsewhere, or it
 leaks who ran it where. Every file ``git ls-files`` lists is read as text (binary files are skipped; in
 notebooks, embedded images are skipped, as their base64 text can spell anything).
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _SEP = "/"
 MACHINE_PATH = re.compile(
     r"(?<![\w.~$-])" + _SEP + r"(?:work|tmp|root|scratch|mnt)" + _SEP + r"[\w.~-]"   # work, tmp, root, ... folders
-    + r"|(?<![\w.~$-])" + _SEP + r"(?:home|Users)" + _SEP + r"[A-Za-z_][\w.-]*"       # /home/<user>, /Users/<user>
+    + r"|(?<![\w.~$-])" + _SEP + r"(?:home|Users)" + _SEP + r"[A-Za-z_][\w.-]*"       # a user's home folder
     + r"|(?<![\w.~$-])" + _SEP + r"var" + _SEP + r"folders" + _SEP                    # macOS temporary folders
     + r"|\b[A-Za-z]:(?:\\\\|\\|/)Users(?:\\\\|\\|/)",                                   # C:\Users (raw or JSON-escaped)
     re.IGNORECASE)
@@ -75,8 +75,8 @@ def test_the_pattern_finds_machine_folders_and_leaves_ordinary_text_alone():
              "C:" + "\\Users\\bob", "/" + "Users/bob/icc", "\"input_path\": \"/" + "work/main/notebooks/00.ipynb\""]
     for text in found:
         assert MACHINE_PATH.search(text), text
-    ordinary = ["results/default/04/adapter", "https://example.org/tmp/file", "experiments/tmp/run.sh",
-                "a ratio 1/2 of the work/time", "~/work/notes", "$HOME/work/x", "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ordinary = ["results/default/04/adapter", "https://example.org/" + "tmp/file", "experiments/" + "tmp/run.sh",
+                "a ratio 1/2 of the work/time", "~/" + "work/notes", "$HOME/" + "work/x", "HuggingFaceTB/SmolLM2-135M-Instruct",
                 "see docs/protocol.md", "data/paper/reported_results.csv"]
     for text in ordinary:
         assert not MACHINE_PATH.search(text), text
