@@ -26,6 +26,8 @@ from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array
 
+from .model_loading import DTYPE_CHOICES
+
 #: Local models kept loaded between fits (each holds its weights in memory).
 _LOADED: OrderedDict = OrderedDict()
 _MAX_LOADED = 2
@@ -119,7 +121,7 @@ class ICCClustering(ClusterMixin, BaseEstimator):
         "model": [str],
         "adapter": [str, os.PathLike, None],
         "constrained": ["boolean"],
-        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "dtype": [StrOptions(set(DTYPE_CHOICES))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache": ["boolean", str, os.PathLike],
         "threads": [Interval(Integral, 1, None, closed="left"), None],

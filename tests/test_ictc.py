@@ -134,10 +134,11 @@ class FakeLocalModel:
 
 
 class FakeClient:
-    """Duck-types OpenAIChatModel.chat (and its server/name/max_workers)."""
+    """Duck-types OpenAIChatModel.chat (and its server/name/max_workers/cache_model_id)."""
 
     def __init__(self, max_workers=1):
         self.name, self.server, self.max_workers = "gpt-fake", "openai", max_workers
+        self.cache_model_id = f"{self.server}/{self.name}"
         self.requests: list[tuple[list[dict], int]] = []
         self.brain = FakeChat()
 

@@ -350,7 +350,7 @@ def openai_chat_fn(client: "OpenAIChatModel", cache: ReplyCache | None = None) -
     base URL and the model, as :meth:`OpenAIChatModel.predict` keys its own requests (two endpoints on one
     host never share replies).
     """
-    model_id = getattr(client, "cache_model_id", None) or f"{getattr(client, 'server', 'openai')}/{client.name}"
+    model_id = client.cache_model_id
 
     def chat(batch: list[list[dict]], max_tokens: int) -> list[str]:
         k = _check_max_tokens(max_tokens)
