@@ -179,9 +179,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(record, indent=1)[:2000])
 
 
-if __name__ == "__main__":
-    main()
-
 
 def published_curve(adapter_dir: str | Path) -> "pd.DataFrame":
     """The validation curve published with an adapter (``validation_curve.csv``: accuracy at each stage's end,
@@ -207,3 +204,7 @@ def provenance_table(adapter_dir: str | Path) -> "pd.DataFrame":
                            "saved_dtype": s["saved_dtype"]} for s in stages])
     table.attrs = {"machine": rec.get("machine"), "training_commit": rec.get("training_commit")}
     return table
+
+
+if __name__ == "__main__":
+    main()
