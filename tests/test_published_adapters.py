@@ -63,10 +63,11 @@ def test_published_stages_are_what_make_train_runs(name, seed, n_permutations, f
             assert parent["name"] == f"{k}-{STAGES[k - 1].name}", where
 
 
-def test_the_published_adapter_is_portable_small_and_checked():
-    folders = _folders("icc-numeric")
+@pytest.mark.parametrize("name, final_only", [(n, f) for n, _, _, f in PUBLISHED])
+def test_the_published_adapter_is_portable_small_and_checked(name, final_only):
+    folders = _folders(name, final_only)
     if not folders:
-        pytest.skip("models/icc-numeric is not published yet (make train)")
+        pytest.skip(f"models/{name} is not published yet (make train)")
     for _, folder in folders:
         cfg = json.loads((folder / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -75,7 +76,7 @@ def test_the_published_adapter_is_portable_small_and_checked():
         entry = prov["stages"][-1] if "stages" in prov else prov       # the final folder lists every stage
         assert entry["data_sha256"] and entry["saved_dtype"] in ("float32", "bfloat16")
         assert prov["machine"]["cpu_count"] and prov["training_commit"]
-    final = MODELS_DIR / "icc-numeric"
+    final = MODELS_DIR / name
     if (final / "adapter_model.safetensors").is_file():
         prov = json.loads((final / "PROVENANCE.json").read_text())
         check = prov["precision_check"]
