@@ -63,14 +63,12 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/generation.py
 
 # Stage a finished run's readable outputs for a commit (results/ is ignored): executed notebooks, figures, tables,
-# reports, RUNINFO. Never replies, caches, checkpoints, adapters or model copies (published adapters live in models/).
+# reports, RUNINFO, and only what this run wrote (files left by an earlier run are listed and left out). Never replies,
+# caches, checkpoints, adapters or model copies (published adapters live in models/).
 publish:
 	@test -f results/$(PROFILE)/RUNINFO.json || { echo "results/$(PROFILE)/RUNINFO.json missing: run make reproduce PROFILE=$(PROFILE) first"; exit 1; }
-	find results/$(PROFILE) -type f -size -10M \( -name '*.ipynb' -o -name '*.png' -o -name '*.csv' -o -name '*.md' \
-	    -o -name '*.json' -o -name '*.npz' \) \
-	  -not -path '*/replies/*' -not -path '*/checkpoints/*' -not -path '*/models/*' -not -path '*/adapter*/*' \
-	  -not -name 'tokenizer*.json' -not -name 'special_tokens_map.json' -not -name 'vocab.json' -print0 \
-	  | xargs -0 git add -f
+	git rm -r -q --cached --ignore-unmatch results/$(PROFILE)
+	$(PY) -m icc_utils.runinfo publishable results/$(PROFILE) | xargs -0 -r git add -f
 	git status --short results/$(PROFILE) | wc -l
 
 clean-results:

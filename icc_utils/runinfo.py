@@ -19,7 +19,7 @@ from . import PROJECT_ROOT, cache_dir
 from .io import atomic_write_text
 
 __all__ = ["environment_info", "read_runinfo", "display_path", "machine_paths", "scrub_paths", "portable_notebook",
-           "rerun_command", "readme_text", "write_readme"]
+           "rerun_command", "readme_text", "write_readme", "publishable_files"]
 
 
 # ---------------------------------------------------------------- environment
@@ -240,3 +240,67 @@ def write_readme(out_dir: str | Path, info: Mapping) -> Path:
     path = Path(out_dir) / "README.md"
     atomic_write_text(path, readme_text(info, display_path(out_dir)))
     return path
+
+
+# ---------------------------------------------------------------- what `make publish` stages
+
+#: Readable outputs a published run keeps; replies, checkpoints, adapters and model copies stay out.
+PUBLISH_SUFFIXES = (".ipynb", ".png", ".csv", ".md", ".json", ".npz")
+_NOT_PUBLISHED_DIRS = ("replies", "checkpoints", "models")
+_NOT_PUBLISHED_NAMES = ("special_tokens_map.json", "vocab.json")
+_RUN_FILES = ("RUNINFO.json", "README.md")   # rewritten at the end of every invocation
+
+
+def _owner(rel: Path) -> str:
+    """The notebook prefix (``"04"``) whose run wrote ``rel`` (relative to the run folder), '' for run files."""
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    if rel.name == "REPORT.md":
+        return "07"
+    return rel.name.split("_", 1)[0] if rel.suffix == ".ipynb" else ""
+
+
+def _timestamp(iso: str | None) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(iso).timestamp() if iso else float("inf")
+
+
+def publishable_files(out_dir: str | Path, info: Mapping | None = None,
+                      max_bytes: int = 10 * 1024 * 1024) -> tuple[list[Path], list[Path]]:
+    """(fresh, stale) readable outputs under a run folder. Fresh: written by a notebook that RUNINFO records as
+    ``ok`` on the run's commit, after that notebook started. Stale: anything else (left by an earlier run, or
+    by a notebook that this run did not finish), which a publish must not mix in."""
+    out_dir = Path(out_dir)
+    info = read_runinfo(out_dir / "RUNINFO.json") if info is None else info
+    started = {name.split("_", 1)[0]: _timestamp(e.get("started")) for name, e in info.get("notebooks", {}).items()
+               if e.get("status") == "ok" and e.get("commit") == info.get("commit")}
+    fresh, stale = [], []
+    for path in sorted(out_dir.rglob("*")):
+        rel = path.relative_to(out_dir)
+        if (not path.is_file() or path.suffix not in PUBLISH_SUFFIXES or path.stat().st_size >= max_bytes
+                or any(d in _NOT_PUBLISHED_DIRS or d.startswith("adapter") for d in rel.parts[:-1])
+                or path.name.startswith("tokenizer") or path.name in _NOT_PUBLISHED_NAMES):
+            continue
+        owner = _owner(rel)
+        ok = (rel.name in _RUN_FILES and info) if not owner else path.stat().st_mtime >= started.get(owner, float("inf"))
+        (fresh if ok else stale).append(path)
+    return fresh, stale
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m icc_utils.runinfo publishable results/<profile>``: the run's fresh outputs, NUL-separated on
+    stdout (for ``xargs -0 git add -f``); the stale ones are listed on stderr and left out."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "publishable":
+        raise SystemExit("usage: python -m icc_utils.runinfo publishable results/<profile>")
+    out_dir = Path(args[1])
+    if not (out_dir / "RUNINFO.json").is_file():
+        raise SystemExit(f"{out_dir / 'RUNINFO.json'} missing: run make reproduce first")
+    fresh, stale = publishable_files(out_dir)
+    for path in stale:
+        print(f"left out (not written by this run): {path}", file=sys.stderr)
+    sys.stdout.write("".join(f"{p}\0" for p in fresh))
+
+
+if __name__ == "__main__":
+    main()

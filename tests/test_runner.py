@@ -239,3 +239,40 @@ def test_parameter_values_are_read_as_yaml():
     assert _parse_value("true") is True and _parse_value("float32") == "float32"
     assert _parse_value("[embedded, kmeans]") == ["embedded", "kmeans"]
     assert _parse_value("null") is None and _parse_value("") == "" and _parse_value("a: [") == "a: ["
+
+
+def test_publish_stages_only_what_this_run_wrote(tmp_path, capsys):
+    """A file left by an earlier run (older than its notebook's start), or by a notebook that RUNINFO records on
+    another commit or as failed, is stale: `make publish` must not mix it into the published run."""
+    import os
+
+    from icc_utils.runinfo import main as runinfo_main, publishable_files
+
+    out = tmp_path / "default"
+    for rel in ("04/old_table.csv", "04/table1.csv", "04/replies/x.jsonl", "04/adapter/adapter_config.json",
+                "04_lora.ipynb", "01/fig2.csv", "05/table2.csv", "README.md"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("{}")
+    info = {"commit": "abc", "notebooks": {
+        "04_lora.ipynb": {"status": "ok", "commit": "abc", "started": "2026-12-05T10:00:00+00:00"},
+        "01_zero.ipynb": {"status": "ok", "commit": "old", "started": "2026-12-05T09:00:00+00:00"},
+        "05_img.ipynb": {"status": "failed", "commit": "abc", "started": "2026-12-05T10:30:00+00:00"}}}
+    (out / "RUNINFO.json").write_text(json.dumps(info))
+    from datetime import datetime
+    start = datetime.fromisoformat(info["notebooks"]["04_lora.ipynb"]["started"]).timestamp()
+    before, after = start - 3600, start + 600   # an hour before / ten minutes after 04 started
+    for rel in ("04/old_table.csv",):
+        os.utime(out / rel, (before, before))
+    for rel in ("04/table1.csv", "04_lora.ipynb", "01/fig2.csv"):
+        os.utime(out / rel, (after, after))
+    os.utime(out / "05/table2.csv", (start + 7200, start + 7200))   # after 05 started, but 05 failed
+    fresh, stale = publishable_files(out)
+    names = lambda ps: sorted(str(p.relative_to(out)) for p in ps)
+    assert names(fresh) == ["04/table1.csv", "04_lora.ipynb", "README.md", "RUNINFO.json"]
+    assert names(stale) == ["01/fig2.csv", "04/old_table.csv", "05/table2.csv"]
+    runinfo_main(["publishable", str(out)])
+    captured = capsys.readouterr()
+    assert captured.out.split("\0")[:-1] == [str(p) for p in fresh]
+    assert "04/old_table.csv" in captured.err
+    with pytest.raises(SystemExit, match="RUNINFO.json missing"):
+        runinfo_main(["publishable", str(tmp_path / "nothing")])
