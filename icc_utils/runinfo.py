@@ -282,7 +282,7 @@ def publishable_files(out_dir: str | Path, info: Mapping | None = None,
                 or path.name.startswith("tokenizer") or path.name in _NOT_PUBLISHED_NAMES):
             continue
         owner = _owner(rel)
-        ok = (rel.name in _RUN_FILES and info) if not owner else path.stat().st_mtime >= started.get(owner, float("inf"))
+        ok = (rel.name in _RUN_FILES and bool(info)) if not owner else path.stat().st_mtime >= started.get(owner, float("inf"))
         (fresh if ok else stale).append(path)
     return fresh, stale
 
