@@ -28,6 +28,8 @@ PROJECT_ROOT: Path = PACKAGE_DIR.parent
 DATA_DIR: Path = PROJECT_ROOT / "data"
 RESULTS_DIR: Path = PROJECT_ROOT / "results"
 NOTEBOOKS_DIR: Path = PROJECT_ROOT / "notebooks"
+#: The repository's limit for one committed file (published adapters and run outputs).
+MAX_FILE_BYTES = 10_000_000
 #: The parameter profiles: ``notebooks/profiles/`` in a checkout, a copy in the package (package data) otherwise.
 PROFILES_DIR: Path = NOTEBOOKS_DIR / "profiles" if (NOTEBOOKS_DIR / "profiles").is_dir() else PACKAGE_DIR / "_profiles"
 #: The paper's reported numbers, one row per table cell, shipped as package data.

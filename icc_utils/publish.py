@@ -13,13 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from . import PROJECT_ROOT
+from . import MAX_FILE_BYTES, PROJECT_ROOT
 from .io import write_json
 
 #: Published adapters, one folder each.
 MODELS_DIR: Path = PROJECT_ROOT / "models"
-#: The repository's limit for one committed file.
-MAX_FILE_BYTES = 10_000_000
 WEIGHTS = "adapter_model.safetensors"
 #: Files copied from a training folder beside the weights (when present).
 KEPT = ("adapter_config.json", "train_config.json", "loss_curve.csv", "loss_curve.png", "eval_curve.csv")

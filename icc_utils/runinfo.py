@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-from . import PROJECT_ROOT, cache_dir
+from . import MAX_FILE_BYTES, PROJECT_ROOT, cache_dir
 from .io import atomic_write_text
 
 __all__ = ["environment_info", "read_runinfo", "display_path", "machine_paths", "scrub_paths", "portable_notebook",
@@ -251,13 +251,18 @@ _NOT_PUBLISHED_NAMES = ("special_tokens_map.json", "vocab.json")
 _RUN_FILES = ("RUNINFO.json", "README.md")   # rewritten at the end of every invocation
 
 
+def _prefix(notebook: str) -> str:
+    """``"04"`` for ``04_lora_finetune_numeric.ipynb``: the name of the notebook's output folder."""
+    return notebook.split("_", 1)[0]
+
+
 def _owner(rel: Path) -> str:
     """The notebook prefix (``"04"``) whose run wrote ``rel`` (relative to the run folder), '' for run files."""
     if len(rel.parts) > 1:
         return rel.parts[0]
     if rel.name == "REPORT.md":
         return "07"
-    return rel.name.split("_", 1)[0] if rel.suffix == ".ipynb" else ""
+    return _prefix(rel.name) if rel.suffix == ".ipynb" else ""
 
 
 def _timestamp(iso: str | None) -> float:
@@ -266,13 +271,13 @@ def _timestamp(iso: str | None) -> float:
 
 
 def publishable_files(out_dir: str | Path, info: Mapping | None = None,
-                      max_bytes: int = 10 * 1024 * 1024) -> tuple[list[Path], list[Path]]:
+                      max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Path], list[Path]]:
     """(fresh, stale) readable outputs under a run folder. Fresh: written by a notebook that RUNINFO records as
     ``ok`` on the run's commit, after that notebook started. Stale: anything else (left by an earlier run, or
     by a notebook that this run did not finish), which a publish must not mix in."""
     out_dir = Path(out_dir)
     info = read_runinfo(out_dir / "RUNINFO.json") if info is None else info
-    started = {name.split("_", 1)[0]: _timestamp(e.get("started")) for name, e in info.get("notebooks", {}).items()
+    started = {_prefix(name): _timestamp(e.get("started")) for name, e in info.get("notebooks", {}).items()
                if e.get("status") == "ok" and e.get("commit") == info.get("commit")}
     fresh, stale = [], []
     for path in sorted(out_dir.rglob("*")):
@@ -282,7 +287,10 @@ def publishable_files(out_dir: str | Path, info: Mapping | None = None,
                 or path.name.startswith("tokenizer") or path.name in _NOT_PUBLISHED_NAMES):
             continue
         owner = _owner(rel)
-        ok = (rel.name in _RUN_FILES and bool(info)) if not owner else path.stat().st_mtime >= started.get(owner, float("inf"))
+        if owner:
+            ok = path.stat().st_mtime >= started.get(owner, float("inf"))
+        else:
+            ok = rel.name in _RUN_FILES and bool(info)
         (fresh if ok else stale).append(path)
     return fresh, stale
 

@@ -16,9 +16,8 @@ from icc_utils import PROJECT_ROOT
 from icc_utils import finetune as F
 from icc_utils.finetune.training import _identity
 from icc_utils.profiles import load_profile
-from icc_utils.publish import MODELS_DIR
+from icc_utils.publish import MAX_FILE_BYTES, MODELS_DIR
 
-LIMIT = 10 * 1024 * 1024
 DEFAULT = load_profile("default")
 STAGES = F.curriculum_from_params(DEFAULT["ft_curriculum"])
 
@@ -71,7 +70,7 @@ def test_the_published_adapter_is_portable_small_and_checked(name, final_only):
     for _, folder in folders:
         cfg = json.loads((folder / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-        assert all(p.stat().st_size <= LIMIT for p in folder.iterdir() if p.is_file()), folder
+        assert all(p.stat().st_size <= MAX_FILE_BYTES for p in folder.iterdir() if p.is_file()), folder
         prov = json.loads((folder / "PROVENANCE.json").read_text())
         entry = prov["stages"][-1] if "stages" in prov else prov       # the final folder lists every stage
         assert entry["data_sha256"] and entry["saved_dtype"] in ("float32", "bfloat16")
