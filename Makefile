@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 KERNEL := icc-study
 
-.PHONY: env lab reproduce resume train test smoke clean-results benchmark publish params
+.PHONY: env lab reproduce resume train train-images test smoke clean-results benchmark publish params
 
 env: $(STAMP)
 
@@ -45,6 +45,11 @@ train: $(STAMP)
 	$(TRAIN) --augmented --from-stage 5 --init-adapter runs/icc-numeric/adapter_stages/4-c3d3-separated \
 	    --out runs/icc-numeric-aug/adapter
 	$(PY) -m icc_utils.publish --run runs/icc-numeric-aug/adapter --name icc-numeric-aug --final-only
+
+# The image curriculum (notebook 05's stand-in, easy to hard; the default profile's img_curriculum) into runs/icc-images,
+# with its learning curve on held-out images of the training classes. A stopped run goes on where it stopped when rerun.
+train-images: $(STAMP)
+	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images
 
 # After a kill or a failure: keep the notebooks the run already finished on this commit, run the rest
 resume: $(STAMP)

@@ -53,6 +53,12 @@ def _curriculum(name, value):
     curriculum_from_params(value, name)
 
 
+def _image_curriculum(name, value):
+    from .vision.curriculum import image_curriculum_from_params
+
+    image_curriculum_from_params(value, name)
+
+
 def _vlm(name, value):
     from .vision.vlm import check_vlm
 
@@ -69,6 +75,8 @@ LOCAL_MODEL = Model(["local"], "notebooks 02-04 need a local transformers model 
 PROFILE = Check(_profile, "a profile name (notebooks/profiles/<name>.yml)")
 CURRICULUM = Check(_curriculum, "a list of stages (icc_utils.finetune.STAGE_KEYS); []: no curriculum",
                    example="[{name: easy, n_clusters: 2, dim: 1, n_episodes: 100}]")
+IMAGE_CURRICULUM = Check(_image_curriculum, "a non-empty list of stages (icc_utils.vision.curriculum.IMAGE_STAGE_KEYS)",
+                         example="[{name: c2, n_clusters: [2], n_episodes: 100}]")
 VLM = Check(_vlm, "'embedded-llava', a LLaVA hub id or a LLaVA model folder (config.json)")
 RUN, FT, IMG, COND = "00 01 02 03 04 05 06", "04", "05", "06"
 
@@ -202,6 +210,11 @@ PARAMS: dict[str, Param] = {
     "img_ft_gradient_accumulation_steps": _p(Int(1), IMG, "forward passes per optimiser step"),
     "img_ft_save_steps": _p(Int(1), IMG, "checkpoint every this many steps"),
     "img_ft_max_train_minutes": _p(Num(0.01), IMG, "training time limit per run"),
+    "img_curriculum": _p(IMAGE_CURRICULUM, IMG, "make train-images: stages, easy to hard"),
+    "img_val_fraction": _p(Num(0, 0.9, lo_open=True), IMG, "make train-images: share of each training class held out"),
+    "img_curve_n_per_c": _p(PER_CELL, IMG, "make train-images: validation episodes per c of the learning curve"),
+    "img_curve_every_steps": _p(Int(1), IMG, "make train-images: optimiser steps between curve points"),
+    "img_curriculum_max_minutes": _p(Num(0), IMG, "make train-images: time limit of the curriculum (0: none)"),
     "img_attn_n_layers": _p(Int(1), IMG, "layers shown in the image-attention figure"),
     "img_grid_n_episodes": _p(Int(1), IMG, "episodes shown in the example grid"),
     # 06_conditional_image_clustering

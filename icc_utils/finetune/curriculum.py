@@ -99,7 +99,8 @@ def stage_dirs(stages: Sequence[CurriculumStage], output_dir: str | Path) -> lis
 def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], output_dir: str | Path,
                      on_eval: Callable | None = None, eval_every_steps: int | None = None,
                      stage_episodes: Sequence[Sequence[Episode]] | None = None,
-                     init_adapter: str | Path | None = None) -> TrainResult:
+                     init_adapter: str | Path | None = None,
+                     trainers: Sequence[Callable] | None = None) -> TrainResult:
     """Train the stages in order with :func:`train`, each from the previous stage's adapter (``init_adapter``
     starts the first one: a curriculum continued from a published stage).
 
@@ -109,8 +110,10 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
     in :func:`train` every ``eval_every_steps`` steps of each stage, at each stage's last step, and at step 0 of
     the first stage only (a later stage's step 0 is the previous stage's end); ``episodes_seen`` counts the
     episodes of the earlier stages too. ``stage_episodes`` (default: each stage's :meth:`~CurriculumStage.episodes`
-    at ``config.seed``) are the training sets. Returns the totals, with each stage's :class:`TrainResult` in
-    ``stages``.
+    at ``config.seed``) are the training sets. ``trainers`` (default: :func:`train` for every stage) train
+    one stage each, called as :func:`train` is (another model's training, e.g. the image curriculum's
+    :func:`icc_utils.vision.curriculum.train_image_curriculum`). Returns the totals, with each stage's
+    :class:`TrainResult` in ``stages``.
     """
     stages = list(stages)
     if not stages:
@@ -119,9 +122,13 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
         stage_episodes = [s.episodes(config.seed) for s in stages]
     if len(stage_episodes) != len(stages):
         raise ValueError(f"stage_episodes has {len(stage_episodes)} training sets for {len(stages)} stages")
+    trainers = [train] * len(stages) if trainers is None else list(trainers)
+    if len(trainers) != len(stages):
+        raise ValueError(f"trainers has {len(trainers)} entries for {len(stages)} stages; give one per stage")
     _check_eval_every_steps(eval_every_steps)
     results, before, spent, init = [], 0, 0.0, init_adapter
-    for k, (stage, episodes, out) in enumerate(zip(stages, stage_episodes, stage_dirs(stages, output_dir))):
+    for k, (stage, episodes, out, train_stage) in enumerate(zip(stages, stage_episodes, stage_dirs(stages, output_dir),
+                                                                trainers)):
         budget = config.max_train_seconds
         if budget is not None and budget - spent <= 0:   # nothing left: the later stages do not start
             break
@@ -135,7 +142,7 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
             return None if row is None else {**row, "episodes_seen": before + seen, "stage": name}
 
         cfg = replace(config, max_train_seconds=None if budget is None else budget - spent)
-        run = train(cfg, episodes, out, on_eval=stage_eval if on_eval and eval_every_steps else None,
+        run = train_stage(cfg, episodes, out, on_eval=stage_eval if on_eval and eval_every_steps else None,
                     eval_every_steps=1 if on_eval and eval_every_steps else None, init_adapter=init)
         results.append(run)
         before, spent, init = before + run.episodes_seen, spent + run.train_seconds, out

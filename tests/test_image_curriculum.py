@@ -1,0 +1,190 @@
+"""icc_utils.vision.curriculum: the image curriculum's stages, validation split and staged training (on a tiny
+random LLaVA model: SigLIP-architecture tower + tiny Llama)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icc_utils.vision import curriculum as IC
+from icc_utils.vision.images import ImageSet
+
+
+def _imageset(n_per_class: int = 12, seed: int = 0) -> ImageSet:
+    """8x8 images of four classes: a bright top, bottom, left or right half."""
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for c in range(4):
+        for _ in range(n_per_class):
+            x = rng.integers(0, 40, (8, 8))
+            [x[:4], x[4:], x[:, :4], x[:, 4:]][c][...] += 200
+            imgs.append(np.clip(x, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return ImageSet("toy", np.stack(imgs), np.array(labels), ["top", "bottom", "left", "right"])
+
+
+CLASSES = ["top", "bottom", "left"]
+
+
+# ---------------------------------------------------------------- stages
+
+def test_a_stage_from_a_profile_mapping_takes_the_defaults():
+    s = IC.ImageStage.from_dict({"name": "c2", "n_clusters": [2], "n_episodes": 5})
+    assert s == IC.ImageStage("c2", (2,), 5, 4, (10, 30), ())
+
+
+@pytest.mark.parametrize("stage, words", [
+    ({"name": "c2", "n_clusters": [2]}, "missing keys ['n_episodes']"),
+    ({"name": "c2", "n_clusters": [2], "n_episodes": 5, "dim": 1}, "unknown keys ['dim']"),
+    ({"name": "a b", "n_clusters": [2], "n_episodes": 5}, "img_curriculum[0].name='a b' is not allowed"),
+    ({"name": "c", "n_clusters": [1], "n_episodes": 5}, "img_curriculum[0].n_clusters=[1]"),
+    ({"name": "c", "n_clusters": [2, 4], "n_episodes": 5, "images": [3, 9]}, "at least max(n_clusters)=4 images"),
+    ({"name": "c", "n_clusters": [3], "n_episodes": 5, "classes": ["top", "left"]}, "fewer classes than"),
+    ({"name": "c", "n_clusters": [2], "n_episodes": 0}, "img_curriculum[0].n_episodes=0 is out of range"),
+    ({"name": "c", "n_clusters": [2], "n_episodes": 5, "kernel": 0}, "img_curriculum[0].kernel=0 is out of range"),
+])
+def test_a_bad_stage_names_the_key_and_what_is_allowed(stage, words):
+    with pytest.raises(ValueError) as err:
+        IC.image_curriculum_from_params([stage])
+    assert words in str(err.value)
+
+
+def test_stage_names_must_be_distinct_and_the_curriculum_a_list():
+    with pytest.raises(ValueError, match="must be distinct"):
+        IC.image_curriculum_from_params([{"name": "a", "n_clusters": [2], "n_episodes": 1}] * 2)
+    with pytest.raises(ValueError, match="must be a list of stages"):
+        IC.image_curriculum_from_params({"name": "a"})
+
+
+def test_the_default_profiles_curriculum_is_valid_and_easy_first():
+    from icc_utils.profiles import load_profile
+
+    stages = IC.image_curriculum_from_params(load_profile("default")["img_curriculum"])
+    assert stages[0].n_clusters == (2,) and stages[0].images[1] < stages[-1].images[1]
+    assert max(stages[-1].n_clusters) > 2
+
+
+def test_stage_episodes_are_seeded_per_stage_interleaved_and_from_the_stage_classes():
+    s = _imageset()
+    stage = IC.ImageStage("c23", (2, 3), 7, images=(4, 8))
+    a, again = stage.episodes(s, CLASSES, 0, 0), stage.episodes(s, CLASSES, 0, 0)
+    assert len(a) == 7 and [e.n_clusters for e in a][:4] == [2, 3, 2, 3]
+    assert [e.indices for e in a] == [e.indices for e in again]           # deterministic
+    later = stage.episodes(s, CLASSES, 0, 1)                                 # the next stage: other episodes
+    assert [e.indices for e in later] != [e.indices for e in a]
+    names = np.asarray(s.class_names)[s.labels]
+    assert {names[i] for e in a for i in e.indices} <= set(CLASSES)         # never the held-back class
+    two = IC.ImageStage("two", (2,), 6, images=(4, 8), classes=("top", "bottom")).episodes(s, CLASSES, 0, 0)
+    assert {names[i] for e in two for i in e.indices} == {"top", "bottom"}
+    with pytest.raises(ValueError, match=r"classes \['right'\] are not training classes"):
+        IC.ImageStage("x", (2,), 2, images=(4, 8), classes=("top", "right")).episodes(s, CLASSES, 0, 0)
+
+
+# ---------------------------------------------------------------- the validation split
+
+def test_holdout_split_holds_out_a_share_of_every_training_class_only():
+    s = _imageset(n_per_class=10)
+    fit, val = IC.holdout_split(s, CLASSES, 0.2, seed=0)
+    assert not set(fit) & set(val)
+    names = np.asarray(s.class_names)[s.labels]
+    assert sorted(names[val]) == sorted(["top", "bottom", "left"] * 2)     # 20% of 10 per class
+    assert set(names[fit]) == set(CLASSES) and len(fit) == 24               # the fourth class is in neither
+    again = IC.holdout_split(s, CLASSES, 0.2, seed=0)
+    assert np.array_equal(again[1], val) and not np.array_equal(IC.holdout_split(s, CLASSES, 0.2, seed=1)[1], val)
+    for bad in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="img_val_fraction"):
+            IC.holdout_split(s, CLASSES, bad, seed=0)
+
+
+# ---------------------------------------------------------------- training, on a tiny model
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory, tiny_llama_dir):
+    from icc_utils.vision import tower as T, vlm as V
+
+    tower = tmp_path_factory.mktemp("tower")
+    T.pretrain_tower(_imageset(), CLASSES, tower, T.TowerConfig(hidden_size=32, num_hidden_layers=1,
+                                                                num_attention_heads=2, intermediate_size=64,
+                                                                epochs=2, batch_size=16))
+    return V.build_embedded_llava(tower, tmp_path_factory.mktemp("vlm"), language_model=str(tiny_llama_dir))
+
+
+def test_curriculum_trains_each_stage_from_the_last_with_its_kernel_and_a_curve(tiny_vlm, tmp_path):
+    import json
+
+    from icc_utils.finetune import FinetuneConfig
+    from icc_utils.finetune.curriculum import stage_dirs
+    from icc_utils.vision import vlm as V
+
+    s = _imageset()
+    fit_idx, val_idx = IC.holdout_split(s, CLASSES, 0.25, seed=0)
+    fit, val = s.subset(fit_idx), s.subset(val_idx)
+    stages = [IC.ImageStage("one-token", (2,), 4, kernel=4, images=(3, 5)),
+              IC.ImageStage("four-tokens", (2, 3), 4, kernel=2, images=(3, 5))]
+    val_eps = IC.make_image_episodes(val, CLASSES, [2, 3], 2, 0, "val", (3, 5))
+    _, _, processor = V.load_vlm(str(tiny_vlm))
+    kernels = []
+    evaluator = IC.image_curve_evaluator(val_eps, val, processor, batch_size=4)
+
+    def on_eval(model, tokenizer, step, seen):
+        kernels.append(IC.pooling_kernel(model))
+        return evaluator(model, tokenizer, step, seen)
+
+    cfg = FinetuneConfig(model="unused", lora_r=4, lora_alpha=8, per_device_batch_size=2,
+                         gradient_accumulation_steps=1, save_steps=1, learning_rate=1e-2)
+    out = tmp_path / "adapter"
+    res = IC.train_image_curriculum(cfg, tiny_vlm, stages, fit, CLASSES, out, on_eval, eval_every_steps=1)
+    assert res.finished and len(res.stages) == 2 and res.episodes_seen == 8
+    first, last = stage_dirs(stages, out)
+    assert (first / "adapter_model.safetensors").is_file() and (last / "adapter_model.safetensors").is_file()
+    ident = json.loads((last / "train_config.json").read_text())
+    assert ident["init_adapter"]["sha256"]                                     # stage 2 started from stage 1
+    assert kernels[0] == 4 and kernels[-1] == 2                                # each stage reads with its kernel
+    curve = IC.curve_table(stages, out, {"kmeans_accuracy": 0.5, "kmeans_ari": 0.0})
+    assert list(curve["stage"].unique()) == ["one-token", "four-tokens"]
+    assert curve["episodes_seen"].is_monotonic_increasing and curve["episodes_seen"].iloc[-1] == 8
+    assert {"accuracy", "ari", "well_formed", "labels_used", "accuracy_c2", "accuracy_c3"} <= set(curve)
+    assert curve["accuracy"].between(0, 1).all() and (curve["kmeans_accuracy"] == 0.5).all()
+    assert IC.plot_curve(curve, tmp_path / "curve.png").stat().st_size > 0
+    # called again: every finished stage is reused, nothing trains
+    again = IC.train_image_curriculum(cfg, tiny_vlm, stages, fit, CLASSES, out)
+    assert again.reused
+
+
+def test_kmeans_reference_scores_the_features_it_is_given():
+    s = _imageset()
+    eps = IC.make_image_episodes(s, CLASSES, [2, 3], 4, 0, "val", (6, 9))
+    onehot = np.eye(4)[s.labels]                                               # features that are the class
+    perfect = IC.kmeans_reference(onehot, eps)
+    assert perfect == {"kmeans_accuracy": 1.0, "kmeans_ari": 1.0}
+    noise = IC.kmeans_reference(np.random.default_rng(0).normal(size=(len(s.labels), 4)), eps)
+    assert noise["kmeans_ari"] < 0.5
+
+
+def test_one_trainer_per_stage():
+    from icc_utils.finetune import FinetuneConfig, train_curriculum
+    from icc_utils.finetune.curriculum import CurriculumStage
+
+    stages = [CurriculumStage("a", 2, 1, 2), CurriculumStage("b", 2, 1, 2)]
+    with pytest.raises(ValueError, match="trainers has 1 entries for 2 stages"):
+        train_curriculum(FinetuneConfig(), stages, "unused", stage_episodes=[[], []], trainers=[print])
+
+
+def test_curve_table_without_any_stage_run_is_empty(tmp_path):
+    curve = IC.curve_table([IC.ImageStage("a", (2,), 1)], tmp_path / "adapter", {"kmeans_accuracy": 0.5})
+    assert isinstance(curve, pd.DataFrame) and curve.empty
+
+
+def test_make_train_images_on_the_smoke_profile(tmp_path, capsys):
+    """The command ``make train-images`` runs, on the smoke profile's two tiny stages (the embedded model)."""
+    from icc_utils.vision.curriculum import main
+
+    out = tmp_path / "run"
+    main(["--profile", "smoke", "--out", str(out)])
+    curve = pd.read_csv(out / "curve.csv")
+    assert list(curve["stage"].unique()) == ["c2-k4", "c23-k2"]
+    assert curve["episodes_seen"].iloc[-1] == 4 and curve["kmeans_accuracy"].between(0.5, 1).all()
+    assert (out / "curve.png").is_file() and (out / "tower" / "tower_training.json").is_file()
+    assert "c23-k2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--out", str(out), "--from-stage", "2"])   # stage 2 needs stage 1's adapter
