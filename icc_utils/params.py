@@ -59,6 +59,14 @@ def _image_curriculum(name, value):
     image_curriculum_from_params(value, name)
 
 
+def _tower_objective(name, value):
+    from .vision.tower import check_objective
+
+    if not isinstance(value, str):
+        raise ValueError(f"{name}={value!r} is not allowed; it must be text such as 'classify' or 'reconstruct'")
+    check_objective(value, name)
+
+
 def _vlm(name, value):
     from .vision.vlm import check_vlm
 
@@ -198,6 +206,8 @@ PARAMS: dict[str, Param] = {
     "img_train_n_episodes": _p(Ints(1, nonempty=True), IMG, "training episodes per pooling size"),
     "img_test_n_per_c": _p(PER_CELL, IMG, "test episodes per c and test set"),
     "img_tower_epochs": _p(Int(1), IMG, "epochs of the stand-in's vision tower"),
+    "img_tower_objective": _p(Check(_tower_objective, "'+'-joined parts of classify, contrastive, reconstruct"), IMG,
+                              "what the stand-in's tower learns (icc_utils.vision.tower.pretrain_tower)"),
     "img_pool_names": _p(Strs(nonempty=True), IMG, "pooling sizes' names (Table 2 columns)"),
     "img_pool_kernels": _p(KERNEL_SIZES, IMG, "pooling kernel per pooling size"),
     "img_table7_kernels": _p(KERNEL_SIZES, IMG, "Table 7: pooling kernels"),

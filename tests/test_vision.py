@@ -153,6 +153,30 @@ def test_tower_can_learn_attribute_heads_instead_of_classes(tmp_path):
     assert again["targets"] == ["class"] and again["classes"] == ["bottom", "left", "top"]
 
 
+@pytest.mark.parametrize("objective", ["contrastive", "reconstruct", "classify+contrastive"])
+def test_tower_objectives_without_labels_train_and_keep_an_unseen_class_apart(objective, tmp_path):
+    """The label-free objectives train (their loss falls) and, trained on two classes, the tower's features still
+    tell the third class (never seen) from them: its images are nearer each other than the seen classes'."""
+    s = _imageset()
+    cfg = T.TowerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, epochs=12,
+                        batch_size=8, objective=objective)
+    rec = T.pretrain_tower(s, ["top", "bottom"], tmp_path, cfg)
+    assert rec["config"]["objective"] == objective and rec["history"][-1]["loss"] < rec["history"][0]["loss"]
+    from transformers import SiglipVisionModel
+
+    tower = SiglipVisionModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        f = tower(pixel_values=T.pixel_values(T.image_processor_for(8), s.images)).last_hidden_state.mean(1).numpy()
+    centres = np.stack([f[s.labels == c].mean(0) for c in range(3)])
+    within = np.linalg.norm(f[s.labels == 2] - centres[2], axis=1).mean()
+    assert within < min(np.linalg.norm(centres[2] - centres[:2], axis=1))
+
+
+def test_a_tower_objective_outside_the_allowed_parts_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"objective='classify\+sketch' is not allowed"):
+        T.pretrain_tower(_imageset(), ["top", "bottom"], tmp_path, T.TowerConfig(epochs=1, objective="classify+sketch"))
+
+
 def test_projector_alignment_trains_only_the_projector(vlm_dir, tmp_path):
     s = _imageset(n_per_class=4)
     caps = [["bright top", "bright bottom", "bright left"][l] for l in s.labels]

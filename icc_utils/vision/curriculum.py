@@ -254,7 +254,8 @@ def main(argv=None) -> None:
     images = I.load_image_folder(PROJECT_ROOT / p["img_root"]) if p["img_root"] else I.load_digits_set()
     fit_idx, val_idx = holdout_split(images, classes, p["img_val_fraction"], seed)
     fit, val = images.subset(fit_idx), images.subset(val_idx)
-    T.pretrain_tower(fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed))
+    T.pretrain_tower(fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed,
+                                                                objective=p["img_tower_objective"]))
     base = V.build_embedded_llava(out / "tower", out / "base", seed=seed)
     val_cs = sorted({c for s in stages for c in s.n_clusters})
     val_eps = make_image_episodes(val, classes, val_cs, p["img_curve_n_per_c"], seed, "val", tuple(p["img_length_range"]))
