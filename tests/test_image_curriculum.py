@@ -188,3 +188,11 @@ def test_make_train_images_on_the_smoke_profile(tmp_path, capsys):
     assert "c23-k2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--out", str(out), "--from-stage", "2"])   # stage 2 needs stage 1's adapter
+
+
+def test_make_train_images_refuses_a_profile_whose_model_is_not_the_stand_in(capsys):
+    from icc_utils.vision.curriculum import main
+
+    with pytest.raises(SystemExit):
+        main(["--profile", "paper"])
+    assert "trains the embedded stand-in ('embedded-llava') only" in capsys.readouterr().err

@@ -247,6 +247,8 @@ def main(argv=None) -> None:
     ap.add_argument("--init-adapter", default=None, help="the adapter of stage K-1 (K > 1)")
     args = ap.parse_args(argv)
     p = check_values("05", load_profile(args.profile))
+    if p["vlm"] != V.EMBEDDED_VLM:
+        ap.error(f"vlm={p['vlm']!r}: the image curriculum trains the embedded stand-in ('{V.EMBEDDED_VLM}') only")
     stages = image_curriculum_from_params(p["img_curriculum"])
     if not 1 <= args.from_stage <= len(stages) or (args.from_stage > 1) != (args.init_adapter is not None):
         ap.error(f"--from-stage must be in 1..{len(stages)}, and K > 1 needs --init-adapter (stage K-1's adapter)")
