@@ -196,3 +196,21 @@ def test_make_train_images_refuses_a_profile_whose_model_is_not_the_stand_in(cap
     with pytest.raises(SystemExit):
         main(["--profile", "paper"])
     assert "trains the embedded stand-in ('embedded-llava') only" in capsys.readouterr().err
+
+
+def test_override_params_reads_yaml_values_and_refuses_unknown_keys():
+    p = {"img_ft_learning_rate": 0.001, "img_curriculum": []}
+    out = IC.override_params(p, ["img_ft_learning_rate=5e-4", "img_curriculum=[{name: a, n_clusters: [2], n_episodes: 3}]"])
+    assert out["img_ft_learning_rate"] == 0.0005 and out["img_curriculum"][0]["n_episodes"] == 3
+    assert p["img_ft_learning_rate"] == 0.001          # the profile itself is not changed
+    for bad in ["img_ft_lr=1", "img_ft_learning_rate"]:
+        with pytest.raises(ValueError, match="KEY=VALUE with KEY a parameter of the profile"):
+            IC.override_params(p, [bad])
+
+
+def test_make_train_images_checks_an_overridden_value(tmp_path):
+    """``--set`` goes through the same validation as the profile: a bad value names the parameter."""
+    from icc_utils.vision.curriculum import main
+
+    with pytest.raises(ValueError, match="img_ft_learning_rate"):
+        main(["--profile", "smoke", "--out", str(tmp_path / "run"), "--set", "img_ft_learning_rate=-1"])

@@ -230,6 +230,27 @@ def plot_curve(curve: "pd.DataFrame", path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def override_params(params: dict, assignments: Sequence[str]) -> dict:
+    """``params`` with each ``KEY=VALUE`` of ``assignments`` applied (VALUE read as YAML); an unknown KEY or a
+    missing ``=`` is a ValueError naming the assignment and what is allowed."""
+    import yaml
+
+    out = dict(params)
+    for a in assignments:
+        key, eq, value = a.partition("=")
+        if not eq or key.strip() not in params:
+            raise ValueError(f"--set {a!r} is not allowed; it must be KEY=VALUE with KEY a parameter of the profile "
+                             f"(for example img_ft_learning_rate=0.0005)")
+        v = yaml.safe_load(value)
+        if isinstance(v, str):   # YAML 1.1 reads 5e-4 as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[key.strip()] = v
+    return out
+
+
 def main(argv=None) -> None:
     """``python -m icc_utils.vision.curriculum --profile default``: train notebook 05's stand-in with the profile's
     ``img_curriculum`` (tower, model, stages, learning curve) into ``--out`` (default ``runs/icc-images``)."""
@@ -245,8 +266,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "icc-images"))
     ap.add_argument("--from-stage", type=int, default=1, help="train stages K.. only, from --init-adapter")
     ap.add_argument("--init-adapter", default=None, help="the adapter of stage K-1 (K > 1)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one of the profile's parameters (a YAML value), e.g. for a validation experiment")
     args = ap.parse_args(argv)
-    p = check_values("05", load_profile(args.profile))
+    p = check_values("05", override_params(load_profile(args.profile), args.set))
     if p["vlm"] != V.EMBEDDED_VLM:
         ap.error(f"vlm={p['vlm']!r}: the image curriculum trains the embedded stand-in ('{V.EMBEDDED_VLM}') only")
     stages = image_curriculum_from_params(p["img_curriculum"])
