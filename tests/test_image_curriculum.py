@@ -175,12 +175,22 @@ def test_curve_table_without_any_stage_run_is_empty(tmp_path):
     assert isinstance(curve, pd.DataFrame) and curve.empty
 
 
-def test_make_train_images_on_the_smoke_profile(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """``make train-images`` on the smoke profile (two tiny stages, the embedded model), once for this module."""
+    from icc_utils.vision.curriculum import main
+
+    out = tmp_path_factory.mktemp("images") / "run"
+    main(["--profile", "smoke", "--out", str(out)])
+    return out
+
+
+def test_make_train_images_on_the_smoke_profile(smoke_run, capsys):
     """The command ``make train-images`` runs, on the smoke profile's two tiny stages (the embedded model)."""
     from icc_utils.vision.curriculum import main
 
-    out = tmp_path / "run"
-    main(["--profile", "smoke", "--out", str(out)])
+    out = smoke_run
+    main(["--profile", "smoke", "--out", str(out)])   # a finished run is reused, and prints its curve again
     curve = pd.read_csv(out / "curve.csv")
     assert list(curve["stage"].unique()) == ["c2-k4", "c23-k2"]
     assert curve["episodes_seen"].iloc[-1] == 4 and curve["kmeans_accuracy"].between(0.5, 1).all()
@@ -214,3 +224,56 @@ def test_make_train_images_checks_an_overridden_value(tmp_path):
 
     with pytest.raises(ValueError, match="img_ft_learning_rate"):
         main(["--profile", "smoke", "--out", str(tmp_path / "run"), "--set", "img_ft_learning_rate=-1"])
+
+
+def test_publish_image_model_and_go_on_from_a_published_stage(smoke_run, tmp_path):
+    """The smoke run published (tower, both stages, curve; the base model named, not a folder), then stage 2
+    trained again on "another machine" from the published tower and stage 1."""
+    import json
+
+    from icc_utils.vision import publish as VP
+    from icc_utils.vision.curriculum import main
+
+    dst = tmp_path / "models" / "icc-images"
+    record = VP.publish_image_model(smoke_run, dst, extra={"training_commit": "abc"})
+    assert [s["folder"] for s in record["stages"]] == ["stages/1-c2-k4", "."]
+    assert record["training_commit"] == "abc" and record["tower"]["objective"] == "reconstruct"
+    for folder in (dst, dst / "stages" / "1-c2-k4"):
+        assert (folder / "adapter_model.safetensors").stat().st_size < 10_000_000
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == VP.BASE_MODEL_NAME and cfg["modules_to_save"] == ["multi_modal_projector"]
+    assert sorted(p.name for p in (dst / "tower").iterdir()) == sorted(VP.TOWER_FILES)
+    assert (dst / "curve.csv").is_file() and json.loads((dst / "PROVENANCE.json").read_text())["stages"][0]["stage"] == 1
+
+    out = tmp_path / "elsewhere"
+    main(["--profile", "smoke", "--out", str(out), "--tower", str(dst / "tower"),
+          "--from-stage", "2", "--init-adapter", str(dst / "stages" / "1-c2-k4")])
+    assert (out / "tower" / "model.safetensors").read_bytes() == (dst / "tower" / "model.safetensors").read_bytes()
+    assert json.loads((out / "adapter" / "train_config.json").read_text())["finished"]
+    assert pd.read_csv(out / "curve.csv")["stage"].unique().tolist() == ["c23-k2"]
+
+
+def test_publish_image_model_errors_name_what_is_missing(tmp_path):
+    from icc_utils.vision import publish as VP
+
+    with pytest.raises(FileNotFoundError, match="no adapter weights"):
+        VP.publish_image_model(tmp_path, tmp_path / "dst")
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        VP.copy_tower(tmp_path, tmp_path / "dst")
+    with pytest.raises(FileNotFoundError, match="no published image model at models/nothing-here"):
+        VP.published_image_model("nothing-here")
+
+
+def test_a_tower_that_does_not_match_the_profile_is_refused(smoke_run, tmp_path):
+    import json
+    import shutil
+
+    from icc_utils.vision.curriculum import main
+
+    tower = tmp_path / "tower"
+    shutil.copytree(smoke_run / "tower", tower)
+    rec = json.loads((tower / "tower_training.json").read_text())
+    rec["config"]["epochs"] += 1
+    (tower / "tower_training.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="--tower .* differs from this profile's tower"):
+        main(["--profile", "smoke", "--out", str(tmp_path / "run"), "--tower", str(tower)])

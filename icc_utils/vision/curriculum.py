@@ -16,6 +16,7 @@ adapter was (:mod:`icc_utils.finetune.curriculum`).
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import MISSING, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -266,6 +267,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "icc-images"))
     ap.add_argument("--from-stage", type=int, default=1, help="train stages K.. only, from --init-adapter")
     ap.add_argument("--init-adapter", default=None, help="the adapter of stage K-1 (K > 1)")
+    ap.add_argument("--tower", default=None,
+                    help="a trained tower to use instead of training one (a published model's tower/, to go on "
+                         "from its stages on another machine)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one of the profile's parameters (a YAML value), e.g. for a validation experiment")
     args = ap.parse_args(argv)
@@ -279,8 +283,15 @@ def main(argv=None) -> None:
     images = I.load_image_folder(PROJECT_ROOT / p["img_root"]) if p["img_root"] else I.load_digits_set()
     fit_idx, val_idx = holdout_split(images, classes, p["img_val_fraction"], seed)
     fit, val = images.subset(fit_idx), images.subset(val_idx)
-    T.pretrain_tower(fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed,
-                                                                objective=p["img_tower_objective"]))
+    if args.tower and not (out / "tower" / "tower_training.json").is_file():
+        from .publish import copy_tower
+
+        copy_tower(args.tower, out / "tower")   # reused below when its config and data match the profile's
+    rec = T.pretrain_tower(fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed,
+                                                                      objective=p["img_tower_objective"]))
+    if args.tower and rec != json.loads((Path(args.tower) / "tower_training.json").read_text()):
+        raise ValueError(f"--tower {args.tower}: its training record (config, data sha256) differs from this "
+                         f"profile's tower (img_tower_epochs, img_tower_objective, seed, training images)")
     base = V.build_embedded_llava(out / "tower", out / "base", seed=seed)
     val_cs = sorted({c for s in stages for c in s.n_clusters})
     val_eps = make_image_episodes(val, classes, val_cs, p["img_curve_n_per_c"], seed, "val", tuple(p["img_length_range"]))

@@ -1,0 +1,105 @@
+"""Publishing the image curriculum (``make train-images``) into ``models/<name>`` (issue 38).
+
+A published image model is the frozen tower that every stage was trained on (``tower/``: SigLIP-architecture
+weights, its processor and its training record) and the curriculum's adapters as
+:func:`icc_utils.publish.publish_curriculum` lays them out (the final adapter at the top, earlier stages under
+``stages/<k>-<name>/``; standard PEFT folders whose ``modules_to_save`` hold the projector), beside the learning
+curve (``curve.csv``, ``curve.png``) and ``PROVENANCE.json``. The language model is not copied: it is the embedded
+SmolLM2-135M-Instruct, and :func:`icc_utils.vision.vlm.build_embedded_llava` rebuilds the base from the tower.
+
+Training goes on from a published stage on another machine with ``python -m icc_utils.vision.curriculum
+--tower models/<name>/tower --from-stage K --init-adapter models/<name>/stages/<K-1>-<stage>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from ..io import write_json
+from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_curriculum
+
+#: The tower's files that a published image model keeps.
+TOWER_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "tower_training.json")
+#: What the published adapters name as their base model (never a folder on the training machine).
+BASE_MODEL_NAME = "embedded-llava (SmolLM2-135M-Instruct + tower/)"
+
+
+def copy_tower(src: str | Path, dst: str | Path) -> Path:
+    """Copy a trained tower folder's :data:`TOWER_FILES` to ``dst``; a clear error naming a missing file."""
+    src, dst = Path(src), Path(dst)
+    missing = [f for f in TOWER_FILES if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"tower folder {src} lacks {missing}; a trained tower has {list(TOWER_FILES)} "
+                                "(python -m icc_utils.vision.curriculum writes it to <out>/tower)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in TOWER_FILES:
+        shutil.copy2(src / f, dst / f)
+    return dst
+
+
+def _name_base_model(folder: Path) -> None:
+    path = folder / "adapter_config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text())
+        cfg["base_model_name_or_path"] = BASE_MODEL_NAME
+        write_json(path, cfg)
+
+
+def publish_image_model(run: str | Path, dst: str | Path, stage_folders: Sequence[str | Path] | None = None,
+                        extra: dict | None = None) -> dict:
+    """Publish a ``make train-images`` output folder ``run`` (``tower/``, ``adapter[_stages]/``, ``curve.*``)
+    into ``dst``. ``stage_folders``: the stages' adapter folders in order (default: those under ``run``, as
+    :func:`icc_utils.finetune.curriculum.stage_dirs` lays them out). Returns the provenance record."""
+    run, dst = Path(run), Path(dst)
+    folders = [Path(f) for f in stage_folders] if stage_folders else _stage_folders(run / "adapter")
+    unfinished = [str(f) for f in folders if not (f / WEIGHTS).is_file()]
+    if unfinished:
+        raise FileNotFoundError(f"no adapter weights in {unfinished}: train those stages first (make train-images)")
+    copy_tower(run / "tower", dst / "tower")
+    record = publish_curriculum(folders, dst, extra)
+    for f in [dst, *sorted((dst / "stages").glob("*"))]:
+        _name_base_model(f)
+    for name in ("curve.csv", "curve.png"):
+        if (run / name).is_file():
+            shutil.copy2(run / name, dst / name)
+    record["tower"] = json.loads((run / "tower" / "tower_training.json").read_text()).get("config")
+    write_json(dst / "PROVENANCE.json", record)
+    return record
+
+
+def published_image_model(name: str = "icc-images") -> tuple[Path, Path]:
+    """The tower folder and final adapter folder of ``models/<name>``; a clear error when it is not published."""
+    root = MODELS_DIR / name
+    if not (root / WEIGHTS).is_file() or not (root / "tower" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no published image model at models/{name} (its tower/ and {WEIGHTS}); "
+                                "make train-images, then python -m icc_utils.vision.publish publishes it")
+    return root / "tower", root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m icc_utils.vision.publish --run runs/icc-images --name icc-images``: publish a finished image
+    curriculum (tower, every stage's adapter, learning curve) into ``models/<name>``."""
+    from .. import PROJECT_ROOT
+    from ..runner import environment_info
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="the make train-images output folder (holds tower/ and adapter/)")
+    ap.add_argument("--name", default="icc-images", help="published name: models/<name>")
+    ap.add_argument("--stage", action="append", default=None,
+                    help="a stage's adapter folder, in order (repeat; default: those under --run)")
+    ap.add_argument("--commit", default=None, help="commit of the code that trained it (default: HEAD)")
+    args = ap.parse_args(argv)
+    commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                           cwd=PROJECT_ROOT).stdout.strip()
+    env = environment_info()
+    extra = {"training_commit": commit, "machine": env.get("machine"), "versions": env.get("versions")}
+    record = publish_image_model(args.run, MODELS_DIR / args.name, args.stage, extra)
+    print(json.dumps(record, indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    main()
