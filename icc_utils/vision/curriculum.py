@@ -300,10 +300,10 @@ def main(argv=None) -> None:
     del model
     minutes = p["img_curriculum_max_minutes"]
     config = FinetuneConfig(model=str(base), lora_r=p["img_ft_lora_r"], lora_alpha=p["img_ft_lora_alpha"],
-                            learning_rate=p["img_ft_learning_rate"], warmup_ratio=0.03,
+                            learning_rate=p["img_curriculum_learning_rate"], warmup_ratio=0.03,
                             per_device_batch_size=p["img_ft_per_device_batch_size"],
-                            gradient_accumulation_steps=p["img_ft_gradient_accumulation_steps"],
-                            save_steps=p["img_ft_save_steps"], max_train_seconds=60.0 * minutes if minutes else None,
+                            gradient_accumulation_steps=p["img_curriculum_accumulation_steps"],
+                            save_steps=p["img_curve_every_steps"], max_train_seconds=60.0 * minutes if minutes else None,
                             seed=seed, dtype=p["vlm_dtype"])
     k0 = args.from_stage - 1
     result = train_image_curriculum(config, base, stages[k0:], fit, classes, out / "adapter",
