@@ -2,6 +2,8 @@
 random LLaVA model: SigLIP-architecture tower + tiny Llama)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -277,3 +279,51 @@ def test_a_tower_that_does_not_match_the_profile_is_refused(smoke_run, tmp_path)
     (tower / "tower_training.json").write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="--tower .* differs from this profile's tower"):
         main(["--profile", "smoke", "--out", str(tmp_path / "run"), "--tower", str(tower)])
+
+
+def test_publish_an_unfinished_curriculum_keeps_its_stages_only(smoke_run, tmp_path, monkeypatch):
+    """``--partial``: the finished stages under stages/, no final adapter, so nothing claims to be the model."""
+    import json
+
+    from icc_utils.vision import publish as VP
+
+    monkeypatch.setattr(VP, "MODELS_DIR", tmp_path / "models")
+    VP.main(["--run", str(smoke_run), "--name", "part", "--partial", "--commit", "abc"])
+    dst = tmp_path / "models" / "part"
+    rec = json.loads((dst / "PROVENANCE.json").read_text())
+    assert rec["final"] is None and [s["folder"] for s in rec["stages"]] == ["stages/1-c2-k4"]
+    assert (dst / "stages" / "1-c2-k4" / "adapter_model.safetensors").is_file()
+    assert not (dst / "adapter_model.safetensors").exists() and (dst / "tower" / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="no published image model at models/part"):
+        VP.published_image_model("part")
+
+
+def test_published_image_stages_are_what_make_train_images_runs():
+    """Every published stage of models/icc-images has the default profile's recipe and training episodes
+    (same stage, same data sha256), and its tower the profile's tower config."""
+    import json
+
+    from icc_utils import PROJECT_ROOT
+    from icc_utils.finetune.data import data_sha256
+    from icc_utils.profiles import load_profile
+    from icc_utils.vision import images as I
+
+    root = PROJECT_ROOT / "models" / "icc-images"
+    if not (root / "PROVENANCE.json").is_file():
+        pytest.skip("no image model published")
+    p = load_profile("default")
+    stages = IC.image_curriculum_from_params(p["img_curriculum"])
+    prov = json.loads((root / "PROVENANCE.json").read_text())
+    assert prov["tower"]["objective"] == p["img_tower_objective"] and prov["tower"]["epochs"] == p["img_tower_epochs"]
+    classes = [str(c) for c in p["img_train_classes"]]
+    images = I.load_digits_set()
+    fit_idx, _ = IC.holdout_split(images, classes, p["img_val_fraction"], p["seed"])
+    fit = images.subset(fit_idx)
+    for k, entry in enumerate(prov["stages"]):
+        meta = json.loads((root / entry["folder"] / "train_config.json").read_text())
+        assert Path(entry["folder"]).name in (".", f"{k + 1}-{stages[k].name}")
+        assert meta["data_sha256"] == data_sha256(stages[k].episodes(fit, classes, p["seed"], k)), stages[k].name
+        assert meta["config"]["learning_rate"] == p["img_curriculum_learning_rate"]
+        assert meta["config"]["gradient_accumulation_steps"] == p["img_curriculum_accumulation_steps"]
+        assert (meta["config"]["lora_r"], meta["config"]["lora_alpha"]) == (p["img_ft_lora_r"], p["img_ft_lora_alpha"])
+        assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel and meta["finished"]

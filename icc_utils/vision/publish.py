@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import write_json
-from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_curriculum
+from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_adapter, publish_curriculum
 
 #: The tower's files that a published image model keeps.
 TOWER_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "tower_training.json")
@@ -42,25 +42,42 @@ def copy_tower(src: str | Path, dst: str | Path) -> Path:
 
 
 def _name_base_model(folder: Path) -> None:
+    """The published configs name the base model, not the training run's folder of it."""
     path = folder / "adapter_config.json"
     if path.is_file():
         cfg = json.loads(path.read_text())
         cfg["base_model_name_or_path"] = BASE_MODEL_NAME
         write_json(path, cfg)
+    path = folder / "train_config.json"
+    if path.is_file():
+        meta = json.loads(path.read_text())
+        meta["base_model"] = meta["config"]["model"] = BASE_MODEL_NAME
+        write_json(path, meta)
 
 
 def publish_image_model(run: str | Path, dst: str | Path, stage_folders: Sequence[str | Path] | None = None,
-                        extra: dict | None = None) -> dict:
+                        extra: dict | None = None, partial: bool = False) -> dict:
     """Publish a ``make train-images`` output folder ``run`` (``tower/``, ``adapter[_stages]/``, ``curve.*``)
     into ``dst``. ``stage_folders``: the stages' adapter folders in order (default: those under ``run``, as
-    :func:`icc_utils.finetune.curriculum.stage_dirs` lays them out). Returns the provenance record."""
+    :func:`icc_utils.finetune.curriculum.stage_dirs` lays them out). ``partial``: the curriculum is not finished;
+    every given stage goes under ``stages/`` and there is no final adapter (nothing for the notebooks to
+    evaluate yet; the next machine goes on from the last stage). Returns the provenance record."""
     run, dst = Path(run), Path(dst)
     folders = [Path(f) for f in stage_folders] if stage_folders else _stage_folders(run / "adapter")
+    if partial and not stage_folders:
+        folders = folders[:-1]
     unfinished = [str(f) for f in folders if not (f / WEIGHTS).is_file()]
-    if unfinished:
-        raise FileNotFoundError(f"no adapter weights in {unfinished}: train those stages first (make train-images)")
+    if unfinished or not folders:
+        raise FileNotFoundError(f"no adapter weights in {unfinished or [str(run / 'adapter_stages')]}: train those "
+                                "stages first (make train-images)")
     copy_tower(run / "tower", dst / "tower")
-    record = publish_curriculum(folders, dst, extra)
+    if partial:
+        stages = [{"stage": k, "folder": f"stages/{f.name}", **publish_adapter(f, dst / "stages" / f.name, extra=extra)}
+                  for k, f in enumerate(folders, 1)]
+        record = {"stages": stages, "final": None, "train_seconds": round(sum(s["train_seconds"] for s in stages), 1),
+                  **(extra or {})}
+    else:
+        record = publish_curriculum(folders, dst, extra)
     for f in [dst, *sorted((dst / "stages").glob("*"))]:
         _name_base_model(f)
     for name in ("curve.csv", "curve.png"):
@@ -92,12 +109,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--stage", action="append", default=None,
                     help="a stage's adapter folder, in order (repeat; default: those under --run)")
     ap.add_argument("--commit", default=None, help="commit of the code that trained it (default: HEAD)")
+    ap.add_argument("--partial", action="store_true",
+                    help="the curriculum is not finished: publish the finished stages only (no final adapter)")
     args = ap.parse_args(argv)
     commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                            cwd=PROJECT_ROOT).stdout.strip()
     env = environment_info()
     extra = {"training_commit": commit, "machine": env.get("machine"), "versions": env.get("versions")}
-    record = publish_image_model(args.run, MODELS_DIR / args.name, args.stage, extra)
+    record = publish_image_model(args.run, MODELS_DIR / args.name, args.stage, extra, args.partial)
     print(json.dumps(record, indent=1)[:2000])
 
 
