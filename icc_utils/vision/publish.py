@@ -97,6 +97,36 @@ def published_image_model(name: str = "icc-images") -> tuple[Path, Path]:
     return root / "tower", root
 
 
+def resolve_image_model(spec: str, name: str = "img_model") -> tuple[Path, Path, int]:
+    """The (tower folder, adapter folder, pooling kernel) that ``spec`` names: a published model ``"icc-images"``
+    (its final adapter) or one of its stages ``"icc-images/stages/1-c2-short-k4"``, under ``models/``. A clear
+    error names ``name`` and what is published."""
+    if not isinstance(spec, str) or not spec or Path(spec).is_absolute() or ".." in Path(spec).parts:
+        raise ValueError(f"{name}={spec!r} is not allowed; it must name a published image model under models/, "
+                         "such as 'icc-images' or 'icc-images/stages/1-c2-short-k4'")
+    adapter = MODELS_DIR / spec
+    tower = MODELS_DIR / Path(spec).parts[0] / "tower"
+    if not (adapter / WEIGHTS).is_file() or not (tower / "model.safetensors").is_file():
+        have = sorted(str(p.parent.relative_to(MODELS_DIR)) for p in MODELS_DIR.glob("*/**/" + WEIGHTS)
+                      if (MODELS_DIR / p.relative_to(MODELS_DIR).parts[0] / "tower").is_dir())
+        raise FileNotFoundError(f"{name}={spec!r}: no published image adapter at models/{spec} with a tower at "
+                                f"models/{Path(spec).parts[0]}/tower; published: {have or 'none'}")
+    meta = json.loads((adapter / "train_config.json").read_text())
+    return tower, adapter, int(meta["lora_overrides"]["_pooling_kernel"])
+
+
+def image_model_base(spec: str, vlm: str, out_dir: str | Path, seed: int = 0) -> tuple[Path, Path, int]:
+    """Notebook 05's model when ``img_model`` is set: the base rebuilt from the published tower into ``out_dir``,
+    the adapter folder and its pooling kernel (:func:`resolve_image_model`)."""
+    from .vlm import EMBEDDED_VLM, build_embedded_llava
+
+    if vlm != EMBEDDED_VLM:
+        raise ValueError(f"img_model={spec!r} needs vlm={EMBEDDED_VLM!r} (a published image model is the stand-in's "
+                         f"tower, projector and LoRA); got vlm={vlm!r}")
+    tower, adapter, kernel = resolve_image_model(spec)
+    return build_embedded_llava(tower, out_dir, seed=seed), adapter, kernel
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m icc_utils.vision.publish --run runs/icc-images --name icc-images``: publish a finished image
     curriculum (tower, every stage's adapter, learning curve) into ``models/<name>``."""
