@@ -212,6 +212,8 @@ def test_a_curriculum_trained_by_the_earlier_code_is_reused(tmp_path):
     out = tmp_path / "run" / "adapter"
     dirs = stage_dirs(IDENTITY_STAGES, out)
     assert dirs == [tmp_path / "run" / "adapter_stages" / "1-easy", out]
+    assert stage_dirs([*IDENTITY_STAGES, IDENTITY_STAGES[-1]], out, first_stage=3)[:2] == [
+        tmp_path / "run" / "adapter_stages" / f"{k}-{s.name}" for k, s in zip((3, 4), IDENTITY_STAGES)]
     weights = b"stage 1 weights"
     texts = []
     for k, (d, sha) in enumerate(zip(dirs, IDENTITY_SHA256)):
@@ -504,18 +506,19 @@ def test_the_command_line_trains_the_profiles_adapter(monkeypatch, tmp_path):
 
     calls = []
     monkeypatch.setattr(cli, "train_curriculum",
-                        lambda config, stages, out, init_adapter=None: calls.append((config, stages, out, init_adapter)))
+                        lambda config, stages, out, init_adapter=None, first_stage=1:
+                        calls.append((config, stages, out, init_adapter, first_stage)))
     monkeypatch.setattr(cli, "train", lambda config, episodes, out: calls.append((config, len(episodes), out)))
     monkeypatch.setattr(cli, "training_episodes", lambda profile, n: [profile] * n)
     cli.main(["--profile", "default", "--seed", "1", "--out", str(tmp_path / "a")])
-    config, stages, out, init = calls[-1]
+    config, stages, out, init, first = calls[-1]
     profile = load_profile("default")
     assert [s.name for s in stages] == [s["name"] for s in profile["ft_curriculum"]] and out == tmp_path / "a"
     assert config.seed == 1 and config.learning_rate == profile["ft_learning_rate"] and config.n_permutations == 1
-    assert init is None
+    assert init is None and first == 1
     cli.main(["--profile", "default", "--augmented", "--from-stage", "5", "--init-adapter", "stage4"])
-    config, stages, out, init = calls[-1]
-    assert [s.name for s in stages] == [profile["ft_curriculum"][-1]["name"]] and init == "stage4"
+    config, stages, out, init, first = calls[-1]
+    assert [s.name for s in stages] == [profile["ft_curriculum"][-1]["name"]] and init == "stage4" and first == 5
     assert config.seed == profile["seed"] and config.n_permutations == profile["ft_aug_permutations"]
     assert out == RESULTS_DIR / "default" / "04" / "adapter_aug"
     cli.main(["--profile", "smoke"])          # no curriculum: notebook 00's training split

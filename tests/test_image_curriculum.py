@@ -253,6 +253,7 @@ def test_publish_image_model_and_go_on_from_a_published_stage(smoke_run, tmp_pat
     assert (out / "tower" / "model.safetensors").read_bytes() == (dst / "tower" / "model.safetensors").read_bytes()
     assert json.loads((out / "adapter" / "train_config.json").read_text())["finished"]
     assert pd.read_csv(out / "curve.csv")["stage"].unique().tolist() == ["c23-k2"]
+    assert not (out / "adapter_stages").exists()     # stage 2 is the last: the adapter folder itself
 
 
 def test_publish_image_model_errors_name_what_is_missing(tmp_path):
@@ -327,3 +328,21 @@ def test_published_image_stages_are_what_make_train_images_runs():
         assert meta["config"]["gradient_accumulation_steps"] == p["img_curriculum_accumulation_steps"]
         assert (meta["config"]["lora_r"], meta["config"]["lora_alpha"]) == (p["img_ft_lora_r"], p["img_ft_lora_alpha"])
         assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel and meta["finished"]
+
+
+def test_an_image_curriculum_continued_from_stage_k_keeps_its_numbers(monkeypatch):
+    """Stages trained from stage K on (``--from-stage K``) are numbered K, K+1, ... in their folders, and draw the
+    same episodes as in the whole curriculum."""
+    import icc_utils.finetune as F
+    from icc_utils.finetune import FinetuneConfig
+
+    seen = {}
+    monkeypatch.setattr(F, "train_curriculum", lambda *a, **k: seen.update(k, stages=a[1]))
+    stages = [IC.ImageStage("a", (2,), 2, images=(4, 5)), IC.ImageStage("b", (2,), 3, images=(4, 5)),
+              IC.ImageStage("c", (2, 3), 2, images=(4, 5))]
+    images, classes = _imageset(), ["top", "bottom", "left"]
+    IC.train_image_curriculum(FinetuneConfig(seed=1), "base", stages, images, classes, "out")
+    whole = seen["stage_episodes"]
+    IC.train_image_curriculum(FinetuneConfig(seed=1), "base", stages[1:], images, classes, "out", first_index=1)
+    assert seen["first_stage"] == 2 and [s.name for s in seen["stages"]] == ["b", "c"]
+    assert [[e.id for e in eps] for eps in seen["stage_episodes"]] == [[e.id for e in eps] for eps in whole[1:]]

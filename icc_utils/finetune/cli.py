@@ -43,7 +43,8 @@ def main(argv=None) -> None:
         ap.error("--from-stage K > 1 needs --init-adapter (the adapter of stage K-1, e.g. "
                  "models/icc-numeric/stages/4-c3d3-separated), and --init-adapter needs --from-stage")
     if stages:   # the curriculum replaces notebook 00's training split
-        result = train_curriculum(config, stages[args.from_stage - 1:], out, init_adapter=args.init_adapter)
+        result = train_curriculum(config, stages[args.from_stage - 1:], out, init_adapter=args.init_adapter,
+                                  first_stage=args.from_stage)
     else:
         result = train(config, training_episodes(args.profile, params["ft_n_train_episodes"]), out)
     print(result)

@@ -88,19 +88,20 @@ def curriculum_from_params(stages: Sequence, name: str = "ft_curriculum") -> lis
     return out
 
 
-def stage_dirs(stages: Sequence[CurriculumStage], output_dir: str | Path) -> list[Path]:
+def stage_dirs(stages: Sequence[CurriculumStage], output_dir: str | Path, first_stage: int = 1) -> list[Path]:
     """Where each stage's adapter goes: ``<output_dir>_stages/<k>-<name>`` for the earlier stages and
-    ``output_dir`` itself for the last, so that the curriculum's result sits where a single run's would."""
+    ``output_dir`` itself for the last, so that the curriculum's result sits where a single run's would.
+    ``first_stage``: the curriculum number of ``stages[0]`` (a curriculum continued from stage K keeps its numbers)."""
     output_dir = Path(output_dir)
-    return [output_dir.with_name(f"{output_dir.name}_stages") / f"{k}-{s.name}" for k, s in enumerate(stages[:-1], 1)] \
-        + [output_dir]
+    return [output_dir.with_name(f"{output_dir.name}_stages") / f"{k}-{s.name}"
+            for k, s in enumerate(stages[:-1], first_stage)] + [output_dir]
 
 
 def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], output_dir: str | Path,
                      on_eval: Callable | None = None, eval_every_steps: int | None = None,
                      stage_episodes: Sequence[Sequence[Episode]] | None = None,
                      init_adapter: str | Path | None = None,
-                     trainers: Sequence[Callable] | None = None) -> TrainResult:
+                     trainers: Sequence[Callable] | None = None, first_stage: int = 1) -> TrainResult:
     """Train the stages in order with :func:`train`, each from the previous stage's adapter (``init_adapter``
     starts the first one: a curriculum continued from a published stage).
 
@@ -113,7 +114,8 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
     at ``config.seed``) are the training sets. ``trainers`` (default: :func:`train` for every stage) train
     one stage each, called as :func:`train` is (another model's training, e.g. the image curriculum's
     :func:`icc_utils.vision.curriculum.train_image_curriculum`). Returns the totals, with each stage's
-    :class:`TrainResult` in ``stages``.
+    :class:`TrainResult` in ``stages``. ``first_stage``: the curriculum number of ``stages[0]`` in the folder names
+    (:func:`stage_dirs`).
     """
     stages = list(stages)
     if not stages:
@@ -127,8 +129,8 @@ def train_curriculum(config: FinetuneConfig, stages: Sequence[CurriculumStage], 
         raise ValueError(f"trainers has {len(trainers)} entries for {len(stages)} stages; give one per stage")
     _check_eval_every_steps(eval_every_steps)
     results, before, spent, init = [], 0, 0.0, init_adapter
-    for k, (stage, episodes, out, train_stage) in enumerate(zip(stages, stage_episodes, stage_dirs(stages, output_dir),
-                                                                trainers)):
+    for k, (stage, episodes, out, train_stage) in enumerate(zip(stages, stage_episodes, stage_dirs(stages, output_dir,
+                                                                                               first_stage), trainers)):
         budget = config.max_train_seconds
         if budget is not None and budget - spent <= 0:   # nothing left: the later stages do not start
             break

@@ -202,17 +202,19 @@ def train_image_curriculum(config: "FinetuneConfig", base_dir: str | Path, stage
     episodes = [s.episodes(imageset, classes, config.seed, first_index + k) for k, s in enumerate(stages)]
     trainers = [partial(_train_stage, base_dir=base_dir, kernel=s.kernel, imageset=imageset) for s in stages]
     return train_curriculum(config, stages, output_dir, on_eval, eval_every_steps, stage_episodes=episodes,
-                            init_adapter=init_adapter, trainers=trainers)
+                            init_adapter=init_adapter, trainers=trainers, first_stage=first_index + 1)
 
 
-def curve_table(stages: Sequence[ImageStage], output_dir: str | Path, reference: dict) -> "pd.DataFrame":
+def curve_table(stages: Sequence[ImageStage], output_dir: str | Path, reference: dict,
+                first_stage: int = 1) -> "pd.DataFrame":
     """Every stage's ``eval_curve.csv`` in one table (``episodes_seen`` counts earlier stages), with the k-means
-    ``reference`` columns."""
+    ``reference`` columns; ``first_stage`` as in :func:`~icc_utils.finetune.curriculum.stage_dirs`."""
     import pandas as pd
 
     from ..finetune.curriculum import stage_dirs
 
-    parts = [pd.read_csv(d / "eval_curve.csv") for d in stage_dirs(stages, output_dir) if (d / "eval_curve.csv").exists()]
+    parts = [pd.read_csv(d / "eval_curve.csv") for d in stage_dirs(stages, output_dir, first_stage)
+             if (d / "eval_curve.csv").exists()]
     curve = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["step", "episodes_seen", "accuracy"])
     return curve.assign(**reference)
 
@@ -309,7 +311,7 @@ def main(argv=None) -> None:
     result = train_image_curriculum(config, base, stages[k0:], fit, classes, out / "adapter",
                                     image_curve_evaluator(val_eps, val, processor), p["img_curve_every_steps"],
                                     args.init_adapter, first_index=k0)
-    curve = curve_table(stages[k0:], out / "adapter", reference)
+    curve = curve_table(stages[k0:], out / "adapter", reference, first_stage=k0 + 1)
     curve.to_csv(out / "curve.csv", index=False)
     plot_curve(curve, out / "curve.png")
     print(result)
