@@ -322,7 +322,7 @@ def test_published_image_stages_are_what_make_train_images_runs():
     fit = images.subset(fit_idx)
     for k, entry in enumerate(prov["stages"]):
         meta = json.loads((root / entry["folder"] / "train_config.json").read_text())
-        assert Path(entry["folder"]).name in (".", f"{k + 1}-{stages[k].name}")
+        assert entry["folder"] in (".", f"stages/{k + 1}-{stages[k].name}")
         assert meta["data_sha256"] == data_sha256(stages[k].episodes(fit, classes, p["seed"], k)), stages[k].name
         assert meta["config"]["learning_rate"] == p["img_curriculum_learning_rate"]
         assert meta["config"]["gradient_accumulation_steps"] == p["img_curriculum_accumulation_steps"]
