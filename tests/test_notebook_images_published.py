@@ -38,7 +38,7 @@ def test_table2_scores_the_published_model_and_trains_nothing(published_run):
 def test_an_unknown_published_model_is_a_clear_error():
     from icc_utils.vision.publish import resolve_image_model
 
-    with pytest.raises(FileNotFoundError, match=r"img_model='icc-images/stages/9-none'.*published: \['icc-images/stages"):
+    with pytest.raises(FileNotFoundError, match=r"img_model='icc-images/stages/9-none'.*published: .*'icc-images/stages/1-c2-short-k4'"):
         resolve_image_model("icc-images/stages/9-none")
     with pytest.raises(ValueError, match="img_model='/abs' is not allowed"):
         resolve_image_model("/abs")
