@@ -75,13 +75,15 @@ def publish_adapter(src: str | Path, dst: str | Path, dtype: str | None = None, 
     return record
 
 
-def publish_curriculum(stage_dirs: Sequence[str | Path], dst: str | Path, extra: dict | None = None) -> dict:
+def publish_curriculum(stage_dirs: Sequence[str | Path], dst: str | Path, extra: dict | None = None,
+                       final: bool = True) -> dict:
     """Publish a curriculum's stages (``stage_dirs`` in order, the last is the final adapter) into ``dst``
-    (final) and ``dst/stages/<k>-<name>`` (earlier ones); ``PROVENANCE.json`` lists every stage."""
+    (final) and ``dst/stages/<k>-<name>`` (earlier ones); ``PROVENANCE.json`` lists every stage. Without
+    ``final`` (an unfinished curriculum) every stage goes under ``stages/``."""
     dst = Path(dst)
     stages = []
     for k, d in enumerate(map(Path, stage_dirs), 1):
-        out = dst if k == len(stage_dirs) else dst / "stages" / d.name
+        out = dst if final and k == len(stage_dirs) else dst / "stages" / d.name
         stages.append({"stage": k, "folder": out.relative_to(dst).as_posix() or ".",
                        **publish_adapter(d, out, extra=extra)})
     total = {"stages": stages, "train_seconds": round(sum(s["train_seconds"] for s in stages), 1), **(extra or {})}

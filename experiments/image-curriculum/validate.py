@@ -21,6 +21,7 @@ from icc_utils.profiles import load_profile
 from icc_utils.vision import baselines as B, images as I, vlm as V
 from icc_utils.vision.curriculum import holdout_split, pooling_kernel
 from icc_utils.vision.episodes import make_image_episodes
+from icc_utils.vision.publish import adapter_kernel
 
 
 def one_label_image_rows(episodes) -> pd.DataFrame:
@@ -51,8 +52,7 @@ def main() -> None:
               one_label_image_rows(eps), B.chance_image_rows(eps, "validation", seed)]
     for adapter in args.adapter:
         name = Path(adapter).name
-        kernel = int(__import__("json").loads((Path(adapter) / "train_config.json").read_text())
-                     ["lora_overrides"]["_pooling_kernel"])
+        kernel = adapter_kernel(adapter)
         icc = V.VisionICC(args.base, kernel=kernel, adapter=adapter, name=f"icc-{name}", batch_size=8)
         assert pooling_kernel(icc.model) == kernel
         frames.append(B.score_image_rows(eps, icc.predict(eps, val), icc.name, f"ICC ({name})", "validation"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..io import write_json
-from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_adapter, publish_curriculum
+from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_curriculum
 
 #: The tower's files that a published image model keeps.
 TOWER_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "tower_training.json")
@@ -71,13 +71,9 @@ def publish_image_model(run: str | Path, dst: str | Path, stage_folders: Sequenc
         raise FileNotFoundError(f"no adapter weights in {unfinished or [str(run / 'adapter_stages')]}: train those "
                                 "stages first (make train-images)")
     copy_tower(run / "tower", dst / "tower")
+    record = publish_curriculum(folders, dst, extra, final=not partial)
     if partial:
-        stages = [{"stage": k, "folder": f"stages/{f.name}", **publish_adapter(f, dst / "stages" / f.name, extra=extra)}
-                  for k, f in enumerate(folders, 1)]
-        record = {"stages": stages, "final": None, "train_seconds": round(sum(s["train_seconds"] for s in stages), 1),
-                  **(extra or {})}
-    else:
-        record = publish_curriculum(folders, dst, extra)
+        record["final"] = None
     for f in [dst, *sorted((dst / "stages").glob("*"))]:
         _name_base_model(f)
     for name in ("curve.csv", "curve.png"):
@@ -111,8 +107,13 @@ def resolve_image_model(spec: str, name: str = "img_model") -> tuple[Path, Path,
                       if (MODELS_DIR / p.relative_to(MODELS_DIR).parts[0] / "tower").is_dir())
         raise FileNotFoundError(f"{name}={spec!r}: no published image adapter at models/{spec} with a tower at "
                                 f"models/{Path(spec).parts[0]}/tower; published: {have or 'none'}")
-    meta = json.loads((adapter / "train_config.json").read_text())
-    return tower, adapter, int(meta["lora_overrides"]["_pooling_kernel"])
+    return tower, adapter, adapter_kernel(adapter)
+
+
+def adapter_kernel(adapter: str | Path) -> int:
+    """The pooling kernel an image adapter was trained with (its ``train_config.json``)."""
+    meta = json.loads((Path(adapter) / "train_config.json").read_text())
+    return int(meta["lora_overrides"]["_pooling_kernel"])
 
 
 def image_model_base(spec: str, vlm: str, out_dir: str | Path, seed: int = 0) -> tuple[Path, Path, int]:
