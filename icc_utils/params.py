@@ -264,6 +264,17 @@ PARAMS: dict[str, Param] = {
     "cond_ft_max_train_minutes": _p(Num(0.01), COND, "training time limit per run"),
     "cond_figure_conditions": _p(Strs(nonempty=True), COND, "conditions shown in the figure"),
     "cond_figure_n_images": _p(Int(2), COND, "images shown per condition"),
+    "cond_model": _p(TEXT, COND, "the published conditional model to evaluate (models/<name>[/stages/<k>-<stage>]); "
+                                 "'': fine-tune the pooling sizes here"),
+    "cond_uncond_model": _p(TEXT, COND, "the published unconditional baseline to evaluate beside it ('': none)"),
+    "cond_curriculum": _p(IMAGE_CURRICULUM, COND, "make train-conditional: the conditional model's stages"),
+    "cond_uncond_curriculum": _p(IMAGE_CURRICULUM, COND, "make train-conditional: the unconditional baseline's stages"),
+    "cond_curriculum_learning_rate": _p(Num(0, 1, lo_open=True), COND, "make train-conditional: peak learning rate"),
+    "cond_val_fraction": _p(Num(0, 0.9, lo_open=True), COND,
+                            "make train-conditional: share of each training object's images held out"),
+    "cond_curve_n_per_c": _p(PER_CELL, COND, "make train-conditional: validation episodes per condition and c"),
+    "cond_curve_every_steps": _p(Int(1), COND, "make train-conditional: optimiser steps between curve points"),
+    "cond_curriculum_max_minutes": _p(Num(0), COND, "make train-conditional: time limit of one curriculum (0: none)"),
     # 07_reproduction_report
     "verdict_z": _p(Num(0, to_float=True), "07", "standard errors a difference needs to count as reproduced"),
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..validation import check_int, check_ints, check_length_range, check_number, check_strs
-from .episodes import DEFAULT_IMAGE_LENGTH_RANGE, interleave_by_c, make_image_episodes
+from .episodes import DEFAULT_IMAGE_LENGTH_RANGE, interleave_by_c, make_conditional_episodes, make_image_episodes
 from .images import ImageSet
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ _STAGE_SEED_TAG = 38
 class ImageStage:
     """One stage: ``n_episodes`` training episodes whose c cycles through ``n_clusters``, of ``images`` = [lo, hi]
     images each from ``classes`` (``()``: every training class), read with pooling ``kernel`` (the stand-in's
-    4x4 grid: 4 gives one token per image, 2 four, 1 sixteen)."""
+    4x4 grid: 4 gives one token per image, 2 four, 1 sixteen). With ``conditions`` (notebook 06), the episodes
+    are text-conditioned: each clusters by one of these attributes in turn and its prompt names it; the
+    classes (for the shapes: the objects, attribute combinations) only choose which images may be drawn."""
 
     name: str
     n_clusters: tuple
@@ -49,6 +51,7 @@ class ImageStage:
     kernel: int = 4
     images: tuple = DEFAULT_IMAGE_LENGTH_RANGE
     classes: tuple = ()
+    conditions: tuple = ()
 
     @classmethod
     def from_dict(cls, d, where: str = "stage") -> "ImageStage":
@@ -72,10 +75,12 @@ class ImageStage:
             raise ValueError(f"{where}.images={list(d['images'])!r} is not allowed; every episode needs at least "
                              f"max(n_clusters)={max(cs)} images (no empty cluster)")
         classes = check_strs(f"{where}.classes", d["classes"])
-        if classes and len(classes) < max(cs):
+        conditions = check_strs(f"{where}.conditions", d["conditions"])
+        if classes and not conditions and len(classes) < max(cs):
             raise ValueError(f"{where}.classes={classes!r} has fewer classes than max(n_clusters)={max(cs)}")
         return cls(name=name, n_clusters=tuple(cs), n_episodes=check_int(f"{where}.n_episodes", d["n_episodes"], 1),
-                   kernel=check_int(f"{where}.kernel", d["kernel"], 1, 64), images=(lo, hi), classes=tuple(classes))
+                   kernel=check_int(f"{where}.kernel", d["kernel"], 1, 64), images=(lo, hi), classes=tuple(classes),
+                   conditions=tuple(conditions))
 
     def episodes(self, imageset: ImageSet, classes: Sequence[str], seed: int, index: int) -> list:
         """The stage's training episodes from ``imageset`` (``self.classes`` or else ``classes``), c interleaved,
@@ -85,9 +90,23 @@ class ImageStage:
         if unknown:
             raise ValueError(f"stage {self.name!r}: classes {unknown} are not training classes ({list(classes)})")
         root = int(np.random.SeedSequence([int(seed), _STAGE_SEED_TAG, int(index)]).generate_state(1)[0])
+        if self.conditions:
+            return conditional_stage_episodes(imageset, pool, self, root)
         per_c = -(-self.n_episodes // len(self.n_clusters))
         eps = make_image_episodes(imageset, pool, self.n_clusters, per_c, root, "train", self.images)
         return interleave_by_c(eps)[:self.n_episodes]
+
+
+def conditional_stage_episodes(imageset: ImageSet, classes: Sequence[str], stage: ImageStage, root: int) -> list:
+    """A conditional stage's episodes: images of ``classes`` only, each condition and c in turn, indices into
+    ``imageset``."""
+    names = np.asarray(imageset.class_names, dtype=object)[imageset.labels]
+    keep = np.flatnonzero(np.isin(names, list(classes)))
+    per = -(-stage.n_episodes // (len(stage.conditions) * len(stage.n_clusters)))
+    eps = make_conditional_episodes(imageset.subset(keep), None, stage.conditions, stage.n_clusters, per, root,
+                                    "train", stage.images)
+    eps = [replace(e, indices=[int(keep[i]) for i in e.indices]) for e in eps]
+    return interleave_by_c(eps, by_condition=True)[:stage.n_episodes]
 
 
 #: Keys of one image stage (a profile's ``img_curriculum`` items) and their defaults (None: required).
@@ -105,18 +124,20 @@ def image_curriculum_from_params(stages: Sequence, name: str = "img_curriculum")
     return out
 
 
-def holdout_split(imageset: ImageSet, classes: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(imageset: ImageSet, classes: Sequence[str], fraction: float, seed: int,
+                  name: str = "img_val_fraction") -> tuple[np.ndarray, np.ndarray]:
     """Indices of ``classes``' images for training and for validation: a seeded ``fraction`` of each class
-    (at least one image) is held out. Images of other classes are in neither."""
-    fraction = check_number("img_val_fraction", fraction, 0, 1, lo_open=True)
+    (at least one image; none of a class with a single image) is held out. Images of other classes are in
+    neither; a class without images is a ValueError."""
+    fraction = check_number(name, fraction, 0, 1, lo_open=True)
     if fraction >= 1:
-        raise ValueError(f"img_val_fraction={fraction!r} is out of range; it must be in (0, 1)")
+        raise ValueError(f"{name}={fraction!r} is out of range; it must be in (0, 1)")
     names = np.asarray(imageset.class_names, dtype=object)[imageset.labels]
     fit, val = [], []
     for k, cls in enumerate(sorted(str(c) for c in classes)):
         idx = np.flatnonzero(names == cls)
-        if len(idx) < 2:
-            raise ValueError(f"class {cls!r} has {len(idx)} images; holding some out for validation needs at least 2")
+        if not len(idx):
+            raise ValueError(f"class {cls!r} has no images in {imageset.name!r}; choose from its classes")
         idx = np.random.default_rng([int(seed), _STAGE_SEED_TAG, k]).permutation(idx)
         n_val = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
         val.extend(idx[:n_val])
@@ -167,6 +188,9 @@ def image_curve_evaluator(episodes: Sequence, imageset: ImageSet, processor, bat
                                              for ep, p in zip(episodes, preds)]))}
         for c in np.unique(cs):
             row[f"accuracy_c{c}"] = float(acc[cs == c].mean())
+        conds = np.array([str((ep.params or {}).get("condition")) for ep in episodes])
+        for cond in sorted(set(conds) - {"None"}):   # conditional episodes: the accuracy under each condition
+            row[f"accuracy_{cond}"] = float(acc[conds == cond].mean())
         return row
 
     return on_eval
@@ -219,7 +243,8 @@ def curve_table(stages: Sequence[ImageStage], output_dir: str | Path, reference:
     return curve.assign(**reference)
 
 
-def plot_curve(curve: "pd.DataFrame", path: str | Path) -> Path:
+def plot_curve(curve: "pd.DataFrame", path: str | Path,
+               title: str = "Image curriculum: validation episodes (held-out images of the training classes)") -> Path:
     """Validation accuracy and ARI against training episodes, k-means on the same frozen features dashed."""
     from ..plots import plt, save_figure
 
@@ -229,7 +254,7 @@ def plot_curve(curve: "pd.DataFrame", path: str | Path) -> Path:
         if len(curve):
             ax.axhline(float(curve[f"kmeans_{metric}"].iloc[0]), ls="--", color="grey", label="k-means (frozen features)")
         ax.set_xlabel("training episodes seen"); ax.set_ylabel(f"validation {metric}"); ax.legend(fontsize=8)
-    fig.suptitle("Image curriculum: validation episodes (held-out images of the training classes)")
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -254,6 +279,62 @@ def override_params(params: dict, assignments: Sequence[str]) -> dict:
     return out
 
 
+def prepare_tower(tower: str | Path | None, out: Path, train: Callable[[], dict]) -> dict:
+    """The curriculum's tower in ``out/tower``: ``train()`` (reused when its record matches), after copying a
+    published ``tower`` there; a ValueError when the published tower's record differs from the profile's."""
+    if tower and not (out / "tower" / "tower_training.json").is_file():
+        from .publish import copy_tower
+
+        copy_tower(tower, out / "tower")   # reused by train() when its config and data match the profile's
+    rec = train()
+    if tower and rec != json.loads((Path(tower) / "tower_training.json").read_text()):
+        raise ValueError(f"--tower {tower}: its training record (config, data sha256) differs from this "
+                         "profile's tower (tower epochs, objective, seed, training images)")
+    return rec
+
+
+def train_with_curve(base: Path, stages: Sequence[ImageStage], fit: ImageSet, classes: Sequence[str],
+                     val: ImageSet, val_eps: Sequence, out: Path, config: "FinetuneConfig", every: int,
+                     from_stage: int = 1, init_adapter: str | None = None, title: str | None = None):
+    """Stages ``from_stage``.. of ``stages`` trained on ``fit`` into ``out/adapter``, the learning curve on
+    ``val_eps`` (episodes of ``val``) every ``every`` steps beside k-means on the same frozen features, written
+    to ``out/curve.csv`` and ``out/curve.png``. Returns (training result, curve table)."""
+    from . import vlm as V
+    from .baselines import mean_pooled_features
+
+    model, _, processor = V.load_vlm(str(base))
+    reference = kmeans_reference(mean_pooled_features(model, processor, val.images), val_eps, config.seed)
+    del model
+    k0 = from_stage - 1
+    result = train_image_curriculum(config, base, stages[k0:], fit, classes, out / "adapter",
+                                    image_curve_evaluator(val_eps, val, processor), every, init_adapter, first_index=k0)
+    curve = curve_table(stages[k0:], out / "adapter", reference, first_stage=from_stage)
+    curve.to_csv(out / "curve.csv", index=False)
+    plot_curve(curve, out / "curve.png", **({"title": title} if title else {}))
+    return result, curve
+
+
+def curriculum_arguments(description: str, default_out: str) -> argparse.ArgumentParser:
+    """The command-line options shared by the image curricula (notebooks 05 and 06)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--from-stage", type=int, default=1, help="train stages K.. only, from --init-adapter")
+    ap.add_argument("--init-adapter", default=None, help="the adapter of stage K-1 (K > 1)")
+    ap.add_argument("--tower", default=None,
+                    help="a trained tower to use instead of training one (a published model's tower/, to go on "
+                         "from its stages on another machine)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one of the profile's parameters (a YAML value), e.g. for a validation experiment")
+    return ap
+
+
+def check_stage_arguments(ap: argparse.ArgumentParser, args, stages: Sequence[ImageStage]) -> None:
+    """--from-stage within the curriculum, and --init-adapter exactly when it is above 1."""
+    if not 1 <= args.from_stage <= len(stages) or (args.from_stage > 1) != (args.init_adapter is not None):
+        ap.error(f"--from-stage must be in 1..{len(stages)}, and K > 1 needs --init-adapter (stage K-1's adapter)")
+
+
 def main(argv=None) -> None:
     """``python -m icc_utils.vision.curriculum --profile default``: train notebook 05's stand-in with the profile's
     ``img_curriculum`` (tower, model, stages, learning curve) into ``--out`` (default ``runs/icc-images``)."""
@@ -262,44 +343,24 @@ def main(argv=None) -> None:
     from ..params import check_values
     from ..profiles import load_profile
     from . import images as I, tower as T, vlm as V
-    from .baselines import mean_pooled_features
 
-    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="default")
-    ap.add_argument("--out", default=str(PROJECT_ROOT / "runs" / "icc-images"))
-    ap.add_argument("--from-stage", type=int, default=1, help="train stages K.. only, from --init-adapter")
-    ap.add_argument("--init-adapter", default=None, help="the adapter of stage K-1 (K > 1)")
-    ap.add_argument("--tower", default=None,
-                    help="a trained tower to use instead of training one (a published model's tower/, to go on "
-                         "from its stages on another machine)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one of the profile's parameters (a YAML value), e.g. for a validation experiment")
+    ap = curriculum_arguments(main.__doc__.splitlines()[0], str(PROJECT_ROOT / "runs" / "icc-images"))
     args = ap.parse_args(argv)
     p = check_values("05", override_params(load_profile(args.profile), args.set))
     if p["vlm"] != V.EMBEDDED_VLM:
         ap.error(f"vlm={p['vlm']!r}: the image curriculum trains the embedded stand-in ('{V.EMBEDDED_VLM}') only")
     stages = image_curriculum_from_params(p["img_curriculum"])
-    if not 1 <= args.from_stage <= len(stages) or (args.from_stage > 1) != (args.init_adapter is not None):
-        ap.error(f"--from-stage must be in 1..{len(stages)}, and K > 1 needs --init-adapter (stage K-1's adapter)")
+    check_stage_arguments(ap, args, stages)
     out, seed, classes = Path(args.out), p["seed"], [str(c) for c in p["img_train_classes"]]
     images = I.load_image_folder(PROJECT_ROOT / p["img_root"]) if p["img_root"] else I.load_digits_set()
     fit_idx, val_idx = holdout_split(images, classes, p["img_val_fraction"], seed)
     fit, val = images.subset(fit_idx), images.subset(val_idx)
-    if args.tower and not (out / "tower" / "tower_training.json").is_file():
-        from .publish import copy_tower
-
-        copy_tower(args.tower, out / "tower")   # reused below when its config and data match the profile's
-    rec = T.pretrain_tower(fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed,
-                                                                      objective=p["img_tower_objective"]))
-    if args.tower and rec != json.loads((Path(args.tower) / "tower_training.json").read_text()):
-        raise ValueError(f"--tower {args.tower}: its training record (config, data sha256) differs from this "
-                         f"profile's tower (img_tower_epochs, img_tower_objective, seed, training images)")
+    prepare_tower(args.tower, out, lambda: T.pretrain_tower(
+        fit, classes, out / "tower", T.TowerConfig(epochs=p["img_tower_epochs"], seed=seed,
+                                                   objective=p["img_tower_objective"])))
     base = V.build_embedded_llava(out / "tower", out / "base", seed=seed)
     val_cs = sorted({c for s in stages for c in s.n_clusters})
     val_eps = make_image_episodes(val, classes, val_cs, p["img_curve_n_per_c"], seed, "val", tuple(p["img_length_range"]))
-    model, _, processor = V.load_vlm(str(base))
-    reference = kmeans_reference(mean_pooled_features(model, processor, val.images), val_eps, seed)
-    del model
     minutes = p["img_curriculum_max_minutes"]
     config = FinetuneConfig(model=str(base), lora_r=p["img_ft_lora_r"], lora_alpha=p["img_ft_lora_alpha"],
                             learning_rate=p["img_curriculum_learning_rate"], warmup_ratio=0.03,
@@ -307,13 +368,8 @@ def main(argv=None) -> None:
                             gradient_accumulation_steps=p["img_curriculum_accumulation_steps"],
                             save_steps=p["img_curve_every_steps"], max_train_seconds=60.0 * minutes if minutes else None,
                             seed=seed, dtype=p["vlm_dtype"])
-    k0 = args.from_stage - 1
-    result = train_image_curriculum(config, base, stages[k0:], fit, classes, out / "adapter",
-                                    image_curve_evaluator(val_eps, val, processor), p["img_curve_every_steps"],
-                                    args.init_adapter, first_index=k0)
-    curve = curve_table(stages[k0:], out / "adapter", reference, first_stage=k0 + 1)
-    curve.to_csv(out / "curve.csv", index=False)
-    plot_curve(curve, out / "curve.png")
+    result, curve = train_with_curve(base, stages, fit, classes, val, val_eps, out, config, p["img_curve_every_steps"],
+                                     args.from_stage, args.init_adapter)
     print(result)
     print(curve.to_string(index=False))
 
