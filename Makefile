@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 KERNEL := icc-study
 
-.PHONY: env lab reproduce resume train train-images test smoke clean-results benchmark publish params
+.PHONY: env lab reproduce resume train train-images train-conditional test smoke clean-results benchmark publish params
 
 env: $(STAMP)
 
@@ -50,6 +50,13 @@ train: $(STAMP)
 # with its learning curve on held-out images of the training classes. A stopped run goes on where it stopped when rerun.
 train-images: $(STAMP)
 	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images
+
+# The conditional curriculum (notebook 06's stand-in and its unconditional baseline, the same budget; the profile's
+# cond_curriculum and cond_uncond_curriculum) into runs/icc-conditional and runs/icc-unconditional (one tower).
+train-conditional: $(STAMP)
+	$(PY) -m icc_utils.vision.cond_curriculum --profile $(PROFILE) --model conditional --out runs/icc-conditional
+	$(PY) -m icc_utils.vision.cond_curriculum --profile $(PROFILE) --model unconditional --out runs/icc-unconditional \
+	    --tower runs/icc-conditional/tower
 
 # After a kill or a failure: keep the notebooks the run already finished on this commit, run the rest
 resume: $(STAMP)

@@ -113,3 +113,21 @@ def test_caption_template_is_checked():
         C.check_caption_template("a {size} {shape}", ["shape", "color"])
     with pytest.raises(ValueError, match="cond_caption_template"):
         C.check_caption_template("no fields", ["shape"])
+
+
+def test_condition_specificity_is_high_for_a_reply_that_follows_the_condition_and_low_for_one_partition(shapes):
+    from icc_utils.vision.episodes import make_conditional_episodes
+
+    conds = ["shape", "color", "pattern"]
+    eps = make_conditional_episodes(shapes, None, conds, [2, 3], 6, 0, "test", (8, 12))
+    follows = C.condition_specificity(eps, [e.labels for e in eps], shapes, conds, "oracle")
+    assert (follows["ari_asked"] == 1).all() and (follows["specificity"] > 0).mean() > 0.9
+    # one clustering whatever the prompt asks (here: always the shape partition) is specific only to shape
+    by_shape = [C.relabel(e, shapes, "shape").labels for e in eps]
+    fixed = C.condition_specificity(eps, by_shape, shapes, conds, "shape always")
+    assert (fixed.loc[fixed["condition"] == "shape", "ari_asked"] == 1).all()
+    assert (fixed.loc[fixed["condition"] != "shape", "specificity"] < 0).all()
+    assert list(follows.columns) == ["method", "episode_id", "condition", "n_clusters", "ari_asked", "ari_other",
+                                     "specificity"]
+    with pytest.raises(ValueError, match="needs a condition among"):
+        C.condition_specificity(eps[:1], [eps[0].labels], shapes, [eps[0].params["condition"]], "x")

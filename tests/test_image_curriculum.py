@@ -153,6 +153,27 @@ def test_curriculum_trains_each_stage_from_the_last_with_its_kernel_and_a_curve(
     assert again.reused
 
 
+def test_the_curve_evaluator_generates_one_reply_per_episode_even_when_prompts_are_the_same(tiny_vlm, monkeypatch):
+    """The images are not in the prompt text: episodes of the same length and c must not share a reply."""
+    from icc_utils.models import LocalChatModel
+    from icc_utils.vision import vlm as V
+
+    s = _imageset()
+    eps = IC.make_image_episodes(s, CLASSES, [2], 4, 0, "val", (4, 4))     # four episodes, one prompt text
+    assert len({(e.n_points, e.n_clusters) for e in eps}) == 1 and len({tuple(e.indices) for e in eps}) == 4
+    model, tok, processor = V.load_vlm(str(tiny_vlm))
+    generated = []
+    real = LocalChatModel.generate_batch
+
+    def counting(self, prompts, *args, **kwargs):
+        generated.extend(prompts)
+        return real(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(LocalChatModel, "generate_batch", counting)
+    row = IC.image_curve_evaluator(eps, s, processor, batch_size=2)(model.eval(), tok, 0, 0)
+    assert len(generated) == 4 and 0 <= row["accuracy"] <= 1
+
+
 def test_kmeans_reference_scores_the_features_it_is_given():
     s = _imageset()
     eps = IC.make_image_episodes(s, CLASSES, [2, 3], 4, 0, "val", (6, 9))
@@ -263,8 +284,8 @@ def test_publish_image_model_errors_name_what_is_missing(tmp_path):
         VP.publish_image_model(tmp_path, tmp_path / "dst")
     with pytest.raises(FileNotFoundError, match="lacks"):
         VP.copy_tower(tmp_path, tmp_path / "dst")
-    with pytest.raises(FileNotFoundError, match="no published image model at models/nothing-here"):
-        VP.published_image_model("nothing-here")
+    with pytest.raises(FileNotFoundError, match="img_model='nothing-here': no published image adapter at models/nothing-here"):
+        VP.resolve_image_model("nothing-here")
 
 
 def test_a_tower_that_does_not_match_the_profile_is_refused(smoke_run, tmp_path):
@@ -295,8 +316,8 @@ def test_publish_an_unfinished_curriculum_keeps_its_stages_only(smoke_run, tmp_p
     assert rec["final"] is None and [s["folder"] for s in rec["stages"]] == ["stages/1-c2-k4"]
     assert (dst / "stages" / "1-c2-k4" / "adapter_model.safetensors").is_file()
     assert not (dst / "adapter_model.safetensors").exists() and (dst / "tower" / "model.safetensors").is_file()
-    with pytest.raises(FileNotFoundError, match="no published image model at models/part"):
-        VP.published_image_model("part")
+    with pytest.raises(FileNotFoundError, match="img_model='part': no published image adapter at models/part"):
+        VP.resolve_image_model("part")
 
 
 def test_published_image_stages_are_what_make_train_images_runs():

@@ -52,6 +52,10 @@ def test_table3_scores_every_method_on_every_test_episode(smoke_run):
     table3 = pd.read_csv(RES / "table3_conditional.csv")
     assert {"color, c=2", "pattern, c=2", "shape, c=2"} <= set(table3.columns)
     assert "(paper) ICC (Large)" in set(table3["method"])
+    spec = pd.read_csv(RES / "condition_specificity.csv")   # the same replies against another condition's labels
+    assert methods - {"chance (random labels)", "IC|TC"} == set(spec["method"])
+    assert set(spec["condition"]) == CONDITIONS and spec["n"].gt(0).all()
+    assert {"ari_asked", "ari_other", "specificity", "specificity_se"} <= set(spec.columns)
 
 
 def test_ictc_gives_a_valid_assignment_for_every_image(smoke_run):

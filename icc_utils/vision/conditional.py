@@ -11,7 +11,8 @@ module holds what only notebook 06 needs:
   (``"a red striped circle"``). The default instead lets the stand-in caption the images itself
   after its projector was aligned (:func:`icc_utils.vision.train.align_projector`), as IC|TC does
   with LLaVA; :func:`caption_accuracy` measures either.
-* :func:`paired_episodes`: the same images under two conditions (Figures 5 and 14).
+* :func:`paired_episodes`: the same images under two conditions (Figures 5 and 14);
+  :func:`condition_specificity`: how much more a reply agrees with the asked condition than with another.
 * :func:`add_condition`, :func:`table3`: Table 3.
 """
 from __future__ import annotations
@@ -231,6 +232,29 @@ def paired_episodes(imageset: ImageSet, objects: Sequence[str] | None, condition
                 return [relabel(base, imageset, c, f"paired-{seed}-{c}") for c in conditions]
     raise ValueError(f"no draw of {n_images} images showed {n_clusters} values of every condition in {list(conditions)} "
                      f"(at most {most} images had the drawn values); lower n_images")
+
+
+# ---------------------------------------------------------------- does the condition change the clustering?
+
+def condition_specificity(episodes: Sequence[ImageEpisode], predicted: Sequence, imageset: ImageSet,
+                          conditions: Sequence[str], method: str) -> pd.DataFrame:
+    """Per episode: ARI of the reply against the asked condition's labels (``ari_asked``) and the highest ARI
+    against another condition's labels of the same images (``ari_other``); ``specificity`` = their difference.
+    A model that follows the condition scores above 0; one clustering whatever the prompt asks (k-means) about
+    0. ``predicted``: label lists or Predictions, in the order of ``episodes``."""
+    from ..metrics import ari
+
+    rows = []
+    for ep, p in zip(episodes, predicted):
+        labels, asked = getattr(p, "labels", p), (ep.params or {}).get("condition")
+        others = [ari(relabel(ep, imageset, o).labels, labels) for o in conditions if o != asked]
+        if asked is None or not others:
+            raise ValueError(f"episode {ep.id} needs a condition among {list(conditions)} and another condition to "
+                             "compare with")
+        a = ari(ep.labels, labels)
+        rows.append({"method": method, "episode_id": ep.id, "condition": asked, "n_clusters": ep.n_clusters,
+                     "ari_asked": a, "ari_other": max(others), "specificity": a - max(others)})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- Table 3

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..validation import check_int, check_ints, check_length_range, check_number, check_strs
 from .episodes import DEFAULT_IMAGE_LENGTH_RANGE, interleave_by_c, make_conditional_episodes, make_image_episodes
-from .images import ImageSet
+from .images import ImageSet, images_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,6 +167,7 @@ def image_curve_evaluator(episodes: Sequence, imageset: ImageSet, processor, bat
     from .vlm import image_prompt, tokens_per_image
 
     episodes = list(episodes)
+    salts = [images_hash(imageset.images[ep.indices]) for ep in episodes]
 
     def on_eval(model, tokenizer, step, episodes_seen):
         chat = LocalChatModel.from_loaded(model, tokenizer, name=f"in-training-step{step}", batch_size=batch_size)
@@ -177,8 +178,10 @@ def image_curve_evaluator(episodes: Sequence, imageset: ImageSet, processor, bat
             return {"pixel_values": pixel_values(processor, np.concatenate([imageset.images[episodes[i].indices]
                                                                             for i in idx]))}
 
+        # the images are not in the prompt text: without their hash as the key's salt, two episodes with the same
+        # length and c (and condition) would share one reply
         preds = chat.predict_prompts(episodes, prompts, [ep.n_clusters for ep in episodes], False, None,
-                                     f"image curve, step {step}", batch_inputs=batch_inputs)
+                                     f"image curve, step {step}", key_salts=salts, batch_inputs=batch_inputs)
         acc = np.array([clustering_accuracy(ep.labels, p.labels) for ep, p in zip(episodes, preds)])
         cs = np.array([ep.n_clusters for ep in episodes])
         row = {"accuracy": float(acc.mean()),

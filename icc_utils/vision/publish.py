@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from ..io import write_json
+from ..io import sha256_file, write_json
 from ..publish import MODELS_DIR, WEIGHTS, _stage_folders, publish_curriculum
 
 #: The tower's files that a published image model keeps.
@@ -84,15 +84,6 @@ def publish_image_model(run: str | Path, dst: str | Path, stage_folders: Sequenc
     return record
 
 
-def published_image_model(name: str = "icc-images") -> tuple[Path, Path]:
-    """The tower folder and final adapter folder of ``models/<name>``; a clear error when it is not published."""
-    root = MODELS_DIR / name
-    if not (root / WEIGHTS).is_file() or not (root / "tower" / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no published image model at models/{name} (its tower/ and {WEIGHTS}); "
-                                "make train-images, then python -m icc_utils.vision.publish publishes it")
-    return root / "tower", root
-
-
 def resolve_image_model(spec: str, name: str = "img_model") -> tuple[Path, Path, int]:
     """The (tower folder, adapter folder, pooling kernel) that ``spec`` names: a published model ``"icc-images"``
     (its final adapter) or one of its stages ``"icc-images/stages/1-c2-short-k4"``, under ``models/``. A clear
@@ -116,16 +107,28 @@ def adapter_kernel(adapter: str | Path) -> int:
     return int(meta["lora_overrides"]["_pooling_kernel"])
 
 
-def image_model_base(spec: str, vlm: str, out_dir: str | Path, seed: int = 0) -> tuple[Path, Path, int]:
-    """Notebook 05's model when ``img_model`` is set: the base rebuilt from the published tower into ``out_dir``,
-    the adapter folder and its pooling kernel (:func:`resolve_image_model`)."""
+def image_model_base(spec: str, vlm: str, out_dir: str | Path, seed: int = 0,
+                     name: str = "img_model") -> tuple[Path, Path, int]:
+    """Notebook 05's (06's) model when ``img_model`` (``cond_model``) is set: the base rebuilt from the published
+    tower into ``out_dir``, the adapter folder and its pooling kernel (:func:`resolve_image_model`)."""
     from .vlm import EMBEDDED_VLM, build_embedded_llava
 
     if vlm != EMBEDDED_VLM:
-        raise ValueError(f"img_model={spec!r} needs vlm={EMBEDDED_VLM!r} (a published image model is the stand-in's "
+        raise ValueError(f"{name}={spec!r} needs vlm={EMBEDDED_VLM!r} (a published image model is the stand-in's "
                          f"tower, projector and LoRA); got vlm={vlm!r}")
-    tower, adapter, kernel = resolve_image_model(spec)
+    tower, adapter, kernel = resolve_image_model(spec, name)
     return build_embedded_llava(tower, out_dir, seed=seed), adapter, kernel
+
+
+def same_tower(spec: str, other: str, name: str = "cond_uncond_model") -> tuple[Path, int]:
+    """The adapter folder and pooling kernel of ``other``, a published model evaluated beside ``spec`` on
+    ``spec``'s base: a ValueError naming ``name`` when its tower differs (its adapter would read other features)."""
+    tower, _, _ = resolve_image_model(spec)
+    other_tower, adapter, kernel = resolve_image_model(other, name)
+    if sha256_file(tower / "model.safetensors") != sha256_file(other_tower / "model.safetensors"):
+        raise ValueError(f"{name}={other!r} was trained on another tower than {spec!r}; evaluate models that share "
+                         "one tower (train the second with --tower models/<first>/tower)")
+    return adapter, kernel
 
 
 def main(argv: Sequence[str] | None = None) -> None:

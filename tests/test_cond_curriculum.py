@@ -1,0 +1,94 @@
+"""The conditional image curriculum (notebook 06): conditional stages, their episodes, and
+``python -m icc_utils.vision.cond_curriculum`` on the smoke profile (the embedded model)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icc_utils.vision import curriculum as IC
+from icc_utils.vision.shapes import make_shapes_set
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes_set(400, seed=0, image_size=8)
+
+
+def test_a_conditional_stage_draws_each_condition_in_turn_from_the_given_objects_only(shapes):
+    stage = IC.ImageStage.from_dict({"name": "c2", "conditions": ["shape", "color"], "n_clusters": [2, 3],
+                                     "n_episodes": 10, "images": [4, 6]})
+    assert stage.conditions == ("shape", "color")
+    objects = shapes.class_names[::5]
+    eps = stage.episodes(shapes, objects, seed=0, index=0)
+    assert len(eps) == 10
+    # condition-major interleaving: every (condition, c) pair shows up among the first four
+    assert {(e.params["condition"], e.n_clusters) for e in eps[:4]} == {("color", 2), ("color", 3), ("shape", 2), ("shape", 3)}
+    names = np.asarray(shapes.class_names)[shapes.labels]
+    for e in eps:
+        assert set(names[e.indices]) <= set(objects)             # indices point into the full set
+        values = [shapes.attributes[e.params["condition"]][i] for i in e.indices]
+        assert len(set(values)) == e.n_clusters and 4 <= e.n_points <= 6
+        # the labels are the partition by the condition's values
+        assert all((a == b) == (values[i] == values[j]) for i, a in enumerate(e.labels)
+                   for j, b in enumerate(e.labels))
+    assert [e.indices for e in stage.episodes(shapes, objects, 0, 1)] != [e.indices for e in eps]   # seeded per stage
+    assert [e.indices for e in stage.episodes(shapes, objects, 0, 0)] == [e.indices for e in eps]
+
+
+def test_an_unconditional_stage_clusters_by_class_and_names_no_condition(shapes):
+    stage = IC.ImageStage.from_dict({"name": "obj", "n_clusters": [2], "n_episodes": 4, "images": [4, 6]})
+    for e in stage.episodes(shapes, shapes.class_names, seed=0, index=0):
+        assert e.params["condition"] is None and len(set(shapes.labels[e.indices])) == 2
+
+
+def test_a_stages_conditions_must_be_a_list_of_names():
+    with pytest.raises(ValueError, match=r"stage\.conditions"):
+        IC.ImageStage.from_dict({"name": "c2", "conditions": [1, 2], "n_clusters": [2], "n_episodes": 1})
+
+
+def test_holdout_keeps_a_one_image_class_in_training_and_refuses_a_missing_one(shapes):
+    names = np.asarray(shapes.class_names)[shapes.labels]
+    single, many = names[0], names[names != names[0]][0]
+    drop = np.flatnonzero(names == single)[1:]                   # keep one image of the first object
+    shapes = shapes.subset(np.setdiff1d(np.arange(shapes.n_images), drop))
+    names = np.asarray(shapes.class_names)[shapes.labels]
+    assert (names == single).sum() == 1 and (names == many).sum() > 3
+    fit, val = IC.holdout_split(shapes, [single, many], 0.2, seed=0, name="cond_val_fraction")
+    assert single in set(names[fit]) and single not in set(names[val]) and many in set(names[val])
+    with pytest.raises(ValueError, match="class 'nothing' has no images"):
+        IC.holdout_split(shapes, ["nothing"], 0.2, seed=0)
+    with pytest.raises(ValueError, match="cond_val_fraction"):
+        IC.holdout_split(shapes, [many], 1.0, seed=0, name="cond_val_fraction")
+
+
+def test_the_default_profiles_two_models_have_the_same_budget():
+    from icc_utils.profiles import load_profile
+
+    p = load_profile("default")
+    cond = IC.image_curriculum_from_params(p["cond_curriculum"])
+    uncond = IC.image_curriculum_from_params(p["cond_uncond_curriculum"])
+    assert all(s.conditions for s in cond) and not any(s.conditions for s in uncond)
+    assert [(s.n_episodes, s.images, s.kernel) for s in cond] == [(s.n_episodes, s.images, s.kernel) for s in uncond]
+
+
+@pytest.mark.parametrize("model", ["conditional", "unconditional"])
+def test_make_train_conditional_on_the_smoke_profile(model, tmp_path, capsys):
+    from icc_utils.vision.cond_curriculum import main
+
+    out = tmp_path / model
+    main(["--profile", "smoke", "--model", model, "--out", str(out)])
+    curve = pd.read_csv(out / "curve.csv")
+    # the curve is measured on conditional validation episodes, per condition, for both models
+    assert {"accuracy_shape", "accuracy_color", "accuracy_pattern", "kmeans_accuracy"} <= set(curve.columns)
+    assert curve["episodes_seen"].iloc[-1] == 2 and (out / "curve.png").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "c2-k4" in capsys.readouterr().out
+
+
+def test_make_train_conditional_refuses_the_paper_profile(capsys):
+    from icc_utils.vision.cond_curriculum import main
+
+    with pytest.raises(SystemExit):
+        main(["--profile", "paper"])
+    assert "trains the embedded stand-in" in capsys.readouterr().err
