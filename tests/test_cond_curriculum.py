@@ -72,18 +72,34 @@ def test_the_default_profiles_two_models_have_the_same_budget():
     assert [(s.n_episodes, s.images, s.kernel) for s in cond] == [(s.n_episodes, s.images, s.kernel) for s in uncond]
 
 
-@pytest.mark.parametrize("model", ["conditional", "unconditional"])
-def test_make_train_conditional_on_the_smoke_profile(model, tmp_path, capsys):
+def test_make_train_conditional_on_the_smoke_profile(tmp_path, capsys):
     from icc_utils.vision.cond_curriculum import main
 
-    out = tmp_path / model
-    main(["--profile", "smoke", "--model", model, "--out", str(out)])
+    out = tmp_path / "conditional"
+    main(["--profile", "smoke", "--model", "conditional", "--out", str(out)])
     curve = pd.read_csv(out / "curve.csv")
-    # the curve is measured on conditional validation episodes, per condition, for both models
+    # the curve is measured on conditional validation episodes, per condition
     assert {"accuracy_shape", "accuracy_color", "accuracy_pattern", "kmeans_accuracy"} <= set(curve.columns)
     assert curve["episodes_seen"].iloc[-1] == 2 and (out / "curve.png").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert "c2-k4" in capsys.readouterr().out
+
+
+def test_the_unconditional_model_trains_its_own_stages_on_the_same_validation_episodes(tmp_path, monkeypatch):
+    """``--model unconditional`` trains cond_uncond_curriculum (no condition), validated on conditional episodes."""
+    from icc_utils.vision import cond_curriculum, curriculum
+
+    seen = {}
+
+    def fake(base, stages, fit, classes, val, val_eps, out, config, every, *args):
+        seen.update(stages=stages, val_eps=val_eps, classes=classes)
+        return None, pd.DataFrame()
+
+    monkeypatch.setattr(curriculum, "train_with_curve", fake)
+    cond_curriculum.main(["--profile", "smoke", "--model", "unconditional", "--out", str(tmp_path / "u")])
+    assert [s.conditions for s in seen["stages"]] == [()]
+    assert {e.params["condition"] for e in seen["val_eps"]} == {"shape", "color", "pattern"}
+    assert (tmp_path / "u" / "tower" / "tower_training.json").is_file()
 
 
 def test_make_train_conditional_refuses_the_paper_profile(capsys):
