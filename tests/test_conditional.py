@@ -127,7 +127,8 @@ def test_condition_specificity_is_high_for_a_reply_that_follows_the_condition_an
     fixed = C.condition_specificity(eps, by_shape, shapes, conds, "shape always")
     assert (fixed.loc[fixed["condition"] == "shape", "ari_asked"] == 1).all()
     assert (fixed.loc[fixed["condition"] != "shape", "specificity"] < 0).all()
+    assert (follows["accuracy_asked"] == 1).all() and (follows["accuracy_gain"] >= 0).all()
     assert list(follows.columns) == ["method", "episode_id", "condition", "n_clusters", "ari_asked", "ari_other",
-                                     "specificity"]
+                                     "specificity", "accuracy_asked", "accuracy_other", "accuracy_gain"]
     with pytest.raises(ValueError, match="needs a condition among"):
         C.condition_specificity(eps[:1], [eps[0].labels], shapes, [eps[0].params["condition"]], "x")

@@ -55,7 +55,7 @@ def test_table3_scores_every_method_on_every_test_episode(smoke_run):
     spec = pd.read_csv(RES / "condition_specificity.csv")   # the same replies against another condition's labels
     assert methods - {"chance (random labels)", "IC|TC"} == set(spec["method"])
     assert set(spec["condition"]) == CONDITIONS and spec["n"].gt(0).all()
-    assert {"ari_asked", "ari_other", "specificity", "specificity_se"} <= set(spec.columns)
+    assert {"ari_asked", "ari_other", "specificity", "specificity_se", "accuracy_gain", "accuracy_gain_se"} <= set(spec.columns)
 
 
 def test_ictc_gives_a_valid_assignment_for_every_image(smoke_run):

@@ -238,22 +238,26 @@ def paired_episodes(imageset: ImageSet, objects: Sequence[str] | None, condition
 
 def condition_specificity(episodes: Sequence[ImageEpisode], predicted: Sequence, imageset: ImageSet,
                           conditions: Sequence[str], method: str) -> pd.DataFrame:
-    """Per episode: ARI of the reply against the asked condition's labels (``ari_asked``) and the highest ARI
-    against another condition's labels of the same images (``ari_other``); ``specificity`` = their difference.
-    A model that follows the condition scores above 0; one clustering whatever the prompt asks (k-means) about
-    0. ``predicted``: label lists or Predictions, in the order of ``episodes``."""
-    from ..metrics import ari
+    """Per episode: the reply scored against the asked condition's labels and against each other condition's
+    labels of the same images, keeping the other condition it agrees with most: ``ari_asked``, ``ari_other`` and
+    their difference ``specificity``; ``accuracy_asked``, ``accuracy_other`` and ``accuracy_gain`` likewise (the
+    other labels may have another c, which caps their accuracy lower: ARI is the fairer of the two). A model that
+    follows the condition scores above 0; one clustering whatever the prompt asks (k-means) about 0 on average.
+    ``predicted``: label lists or Predictions, in the order of ``episodes``."""
+    from ..metrics import ari, clustering_accuracy
 
     rows = []
     for ep, p in zip(episodes, predicted):
         labels, asked = getattr(p, "labels", p), (ep.params or {}).get("condition")
-        others = [ari(relabel(ep, imageset, o).labels, labels) for o in conditions if o != asked]
+        others = [relabel(ep, imageset, o).labels for o in conditions if o != asked]
         if asked is None or not others:
             raise ValueError(f"episode {ep.id} needs a condition among {list(conditions)} and another condition to "
                              "compare with")
-        a = ari(ep.labels, labels)
+        a, o = ari(ep.labels, labels), max(ari(t, labels) for t in others)
+        acc, acc_o = clustering_accuracy(ep.labels, labels), max(clustering_accuracy(t, labels) for t in others)
         rows.append({"method": method, "episode_id": ep.id, "condition": asked, "n_clusters": ep.n_clusters,
-                     "ari_asked": a, "ari_other": max(others), "specificity": a - max(others)})
+                     "ari_asked": a, "ari_other": o, "specificity": a - o,
+                     "accuracy_asked": acc, "accuracy_other": acc_o, "accuracy_gain": acc - acc_o})
     return pd.DataFrame(rows)
 
 
