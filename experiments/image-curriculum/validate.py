@@ -12,24 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from icc_utils.io import write_csv
-from icc_utils.metrics import score, summarize
+from icc_utils.metrics import summarize
 from icc_utils.profiles import load_profile
 from icc_utils.vision import baselines as B, images as I, vlm as V
 from icc_utils.vision.curriculum import holdout_split, pooling_kernel
 from icc_utils.vision.episodes import make_image_episodes
 from icc_utils.vision.publish import adapter_kernel
-
-
-def one_label_image_rows(episodes) -> pd.DataFrame:
-    """Label 0 for every image: accuracy = the largest cluster's share, ARI 0."""
-    rows = [{"model": "one-label", "method": "one label for every point", "test_set": "validation", "episode_id": e.id,
-             "n_clusters": e.n_clusters, "n_points": e.n_points, **score(e.labels, np.zeros(e.n_points, int)),
-             "well_formed": True} for e in episodes]
-    return pd.DataFrame(rows, columns=B.ROW_COLUMNS)
 
 
 def main() -> None:
@@ -49,7 +40,7 @@ def main() -> None:
     feats = B.mean_pooled_features(model, processor, val.images)
     del model
     frames = [B.score_image_rows(eps, B.kmeans_on_features(feats, eps, seed), "kmeans", B.KMEANS_METHOD, "validation"),
-              one_label_image_rows(eps), B.chance_image_rows(eps, "validation", seed)]
+              B.one_label_image_rows(eps, "validation"), B.chance_image_rows(eps, "validation", seed)]
     for adapter in args.adapter:
         name = Path(adapter).name
         kernel = adapter_kernel(adapter)

@@ -50,6 +50,20 @@ def chance_image_rows(episodes: Sequence, test_set: str, seed: int = 0) -> "pd.D
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
+def one_label_image_rows(episodes: Sequence, test_set: str) -> "pd.DataFrame":
+    """Label 0 for every image: accuracy = the largest cluster's share, ARI 0. With random labels, the chance a
+    model must beat (a model that learned the answer format but not the images scores about this)."""
+    import pandas as pd
+
+    from ..evaluate import ONE_LABEL
+    from ..metrics import score
+
+    rows = [{"model": ONE_LABEL[0], "method": ONE_LABEL[1], "test_set": test_set, "episode_id": ep.id,
+             "n_clusters": ep.n_clusters, "n_points": ep.n_points,
+             **score(ep.labels, np.zeros(ep.n_points, dtype=int)), "well_formed": True} for ep in episodes]
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
 def mean_pooled_features(model, processor, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The frozen tower's features averaged over the patch grid, one vector per image (the k-means baseline)."""
     import torch
