@@ -222,6 +222,7 @@ PARAMS: dict[str, Param] = {
     "img_ft_max_train_minutes": _p(Num(0.01), IMG, "training time limit per run"),
     "img_model": _p(TEXT, IMG, "a published image model to evaluate (models/<name>[/stages/<k>-<stage>]); "
                     "'': train the pooling sizes here"),
+    "img_size_models": _p(Strs(), IMG, "published models of other pooling sizes, evaluated beside img_model (its tower)"),
     "img_curriculum": _p(IMAGE_CURRICULUM, IMG, "make train-images: stages, easy to hard"),
     "img_curriculum_learning_rate": _p(Num(0, 1, lo_open=True), IMG, "make train-images: peak learning rate"),
     "img_curriculum_accumulation_steps": _p(Int(1), IMG, "make train-images: episodes per optimiser step"),
