@@ -50,6 +50,8 @@ train: $(STAMP)
 # with its learning curve on held-out images of the training classes. A stopped run goes on where it stopped when rerun.
 train-images: $(STAMP)
 	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images
+	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images-medium --tower runs/icc-images/tower \
+	    --size-stage c234-k2 --init-adapter runs/icc-images/adapter
 
 # The conditional curriculum (notebook 06's stand-in and its unconditional baseline, the same budget; the profile's
 # cond_curriculum and cond_uncond_curriculum) into runs/icc-conditional and runs/icc-unconditional (one tower).

@@ -224,6 +224,8 @@ PARAMS: dict[str, Param] = {
                     "'': train the pooling sizes here"),
     "img_size_models": _p(Strs(), IMG, "published models of other pooling sizes, evaluated beside img_model (its tower)"),
     "img_curriculum": _p(IMAGE_CURRICULUM, IMG, "make train-images: stages, easy to hard"),
+    "img_size_stages": _p(IMAGE_CURRICULUM, IMG, "make train-images: one more stage per other pooling size, each from "
+                                                  "the curriculum's final adapter (img_size_models)"),
     "img_curriculum_learning_rate": _p(Num(0, 1, lo_open=True), IMG, "make train-images: peak learning rate"),
     "img_curriculum_accumulation_steps": _p(Int(1), IMG, "make train-images: episodes per optimiser step"),
     "img_val_fraction": _p(Num(0, 0.9, lo_open=True), IMG, "make train-images: share of each training class held out"),

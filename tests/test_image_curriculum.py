@@ -349,6 +349,32 @@ def test_published_image_stages_are_what_make_train_images_runs():
         assert meta["config"]["gradient_accumulation_steps"] == p["img_curriculum_accumulation_steps"]
         assert (meta["config"]["lora_r"], meta["config"]["lora_alpha"]) == (p["img_ft_lora_r"], p["img_ft_lora_alpha"])
         assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel and meta["finished"]
+    medium = PROJECT_ROOT / "models" / "icc-images-medium"   # img_size_stages[0], the next stage from the final adapter
+    if (medium / "train_config.json").is_file():
+        size = IC.image_curriculum_from_params(p["img_size_stages"])[0]
+        meta = json.loads((medium / "train_config.json").read_text())
+        assert meta["data_sha256"] == data_sha256(size.episodes(fit, classes, p["seed"], len(stages)))
+        assert meta["lora_overrides"]["_pooling_kernel"] == size.kernel and meta["finished"]
+        from icc_utils.io import sha256_file
+
+        assert meta["init_adapter"]["sha256"] == sha256_file(root / "adapter_model.safetensors")   # the final adapter
+
+
+def test_a_size_stage_trains_from_the_final_adapter_at_its_own_kernel(smoke_run, tmp_path, capsys):
+    """``--size-stage``: one more stage at another pooling kernel, from the curriculum's final adapter."""
+    import json
+
+    from icc_utils.vision.curriculum import main
+
+    out = tmp_path / "medium"
+    main(["--profile", "smoke", "--out", str(out), "--tower", str(smoke_run / "tower"), "--size-stage", "c2-k1",
+          "--init-adapter", str(smoke_run / "adapter")])
+    meta = json.loads((out / "adapter" / "train_config.json").read_text())
+    assert meta["lora_overrides"]["_pooling_kernel"] == 1 and meta["finished"] and meta["init_adapter"]["sha256"]
+    assert pd.read_csv(out / "curve.csv")["stage"].unique().tolist() == ["c2-k1"]
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--out", str(out), "--size-stage", "nothing", "--init-adapter", "x"])
+    assert "choose one of img_size_stages ['c2-k1']" in capsys.readouterr().err
 
 
 def test_an_image_curriculum_continued_from_stage_k_keeps_its_numbers(monkeypatch):

@@ -348,11 +348,20 @@ def main(argv=None) -> None:
     from . import images as I, tower as T, vlm as V
 
     ap = curriculum_arguments(main.__doc__.splitlines()[0], str(PROJECT_ROOT / "runs" / "icc-images"))
+    ap.add_argument("--size-stage", default=None, metavar="NAME",
+                    help="train one of the profile's img_size_stages (another pooling size) from --init-adapter, the "
+                         "curriculum's final adapter, as its next stage")
     args = ap.parse_args(argv)
     p = check_values("05", override_params(load_profile(args.profile), args.set))
     if p["vlm"] != V.EMBEDDED_VLM:
         ap.error(f"vlm={p['vlm']!r}: the image curriculum trains the embedded stand-in ('{V.EMBEDDED_VLM}') only")
     stages = image_curriculum_from_params(p["img_curriculum"])
+    if args.size_stage:   # a branch: the curriculum's stages, then this one (its episodes seeded as the next stage)
+        sizes = {s.name: s for s in image_curriculum_from_params(p["img_size_stages"], "img_size_stages")}
+        if args.size_stage not in sizes or args.init_adapter is None:
+            ap.error(f"--size-stage {args.size_stage!r}: choose one of img_size_stages {list(sizes)}, with "
+                     "--init-adapter (the curriculum's final adapter)")
+        stages, args.from_stage = stages + [sizes[args.size_stage]], len(stages) + 1
     check_stage_arguments(ap, args, stages)
     out, seed, classes = Path(args.out), p["seed"], [str(c) for c in p["img_train_classes"]]
     images = I.load_image_folder(PROJECT_ROOT / p["img_root"]) if p["img_root"] else I.load_digits_set()
