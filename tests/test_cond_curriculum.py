@@ -108,3 +108,34 @@ def test_make_train_conditional_refuses_the_paper_profile(capsys):
     with pytest.raises(SystemExit):
         main(["--profile", "paper"])
     assert "trains the embedded stand-in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, key", [("icc-conditional", "cond_curriculum"),
+                                       ("icc-unconditional", "cond_uncond_curriculum")])
+def test_published_conditional_stages_are_what_make_train_conditional_runs(name, key):
+    """Every published stage of models/icc-conditional (icc-unconditional) has the default profile's recipe and
+    training episodes (same data sha256), on the profile's validation split of the training objects."""
+    import json
+
+    from icc_utils import PROJECT_ROOT
+    from icc_utils.finetune.data import data_sha256
+    from icc_utils.profiles import load_profile
+    from icc_utils.vision import conditional as C
+
+    root = PROJECT_ROOT / "models" / name
+    if not (root / "PROVENANCE.json").is_file():
+        pytest.skip(f"models/{name} is not published")
+    p = load_profile("default")
+    stages = IC.image_curriculum_from_params(p[key])
+    images = C.load_conditional_set("shapes", "", p["cond_image_size"], p["cond_n_images"], p["seed"])
+    classes = C.object_split(images, "shapes", p["cond_test_fraction"], p["seed"])["train"]
+    fit = images.subset(IC.holdout_split(images, classes, p["cond_val_fraction"], p["seed"])[0])
+    prov = json.loads((root / "PROVENANCE.json").read_text())
+    assert len(prov["stages"]) == len(stages)
+    for k, entry in enumerate(prov["stages"]):
+        meta = json.loads((root / entry["folder"] / "train_config.json").read_text())
+        assert meta["data_sha256"] == data_sha256(stages[k].episodes(fit, classes, p["seed"], k)), stages[k].name
+        assert meta["config"]["learning_rate"] == p["cond_curriculum_learning_rate"] and meta["finished"]
+        assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel
+    tower = json.loads((root / "tower" / "tower_training.json").read_text())
+    assert tower["config"]["epochs"] == p["cond_tower_epochs"] and tower["targets"] == p["cond_conditions"]

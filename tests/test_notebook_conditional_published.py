@@ -14,7 +14,7 @@ from icc_utils.runner import run_notebooks
 
 PROFILE = "smoke"
 RES = RESULTS_DIR / PROFILE / "06"
-COND, UNCOND = "icc-conditional/stages/1-c2-short-k4", "icc-unconditional/stages/1-c2-short-k4"
+COND, UNCOND = "icc-conditional/stages/1-c2-short-color-k4", "icc-unconditional/stages/1-c2-short-k4"
 pytestmark = pytest.mark.skipif(not ((MODELS_DIR / COND).is_dir() and (MODELS_DIR / UNCOND).is_dir()),
                                 reason="no published conditional stages")
 
