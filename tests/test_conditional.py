@@ -132,3 +132,8 @@ def test_condition_specificity_is_high_for_a_reply_that_follows_the_condition_an
                                      "specificity", "accuracy_asked", "accuracy_other", "accuracy_gain"]
     with pytest.raises(ValueError, match="needs a condition among"):
         C.condition_specificity(eps[:1], [eps[0].labels], shapes, [eps[0].params["condition"]], "x")
+
+
+def test_model_names_are_distinct_per_method_even_when_adapter_folders_share_a_name():
+    names = [C.model_name(m) for m in ("ICC (Curriculum)", "ICC (unconditional curriculum)", "ICC (Small)")]
+    assert names == ["cond-icc-curriculum", "cond-icc-unconditional-curriculum", "cond-icc-small"]

@@ -261,6 +261,12 @@ def condition_specificity(episodes: Sequence[ImageEpisode], predicted: Sequence,
     return pd.DataFrame(rows)
 
 
+def model_name(method: str) -> str:
+    """The name a method's replies are cached and scored under: ``"ICC (Curriculum)"`` -> ``"cond-icc-curriculum"``
+    (distinct for distinct methods, whatever their adapter folders are called)."""
+    return "cond-" + "-".join("".join(ch if ch.isalnum() else " " for ch in method.lower()).split())
+
+
 # ---------------------------------------------------------------- Table 3
 
 def add_condition(rows: pd.DataFrame, episodes: Sequence) -> pd.DataFrame:
