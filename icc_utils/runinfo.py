@@ -206,10 +206,10 @@ def readme_text(info: Mapping, folder: str) -> str:
     """A short README for a results folder, from its RUNINFO."""
     m, threads = info.get("machine") or {}, info.get("threads") or {}
     total = info.get("total_seconds")
-    rows = ["| notebook | status | minutes |", "|---|---|---|"]
+    rows = ["| notebook | status | minutes | commit |", "|---|---|---|---|"]
     for name, e in (info.get("notebooks") or {}).items():
         minutes = f"{e['seconds'] / 60:.1f}" if e.get("seconds") is not None else "-"
-        rows.append(f"| [{name}]({name}) | {e.get('status')} | {minutes} |")
+        rows.append(f"| [{name}]({name}) | {e.get('status')} | {minutes} | {(e.get('commit') or '-')[:12]} |")
     omp = threads.get("OMP_NUM_THREADS")
     machine = (f"{m.get('cpu_model') or m.get('processor') or 'unknown CPU'}, {m.get('cpus_usable')} of "
                f"{m.get('cpu_count')} CPUs, {m.get('memory_gb')} GB" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
@@ -224,7 +224,9 @@ def readme_text(info: Mapping, folder: str) -> str:
         + f"; status **{info.get('status')}**",
         f"- **When**: {info.get('started')} to {info.get('finished') or '(running)'}"
         + (f", {total / 60:.1f} min in all" if total is not None else ""),
-        f"- **Commit**: {commit[:12] if commit else 'unknown'}" + (" (uncommitted changes)" if info.get("dirty") else ""),
+        f"- **Commit**: {commit[:12] if commit else 'unknown'}" + (" (uncommitted changes)" if info.get("dirty") else "")
+        + ("; notebooks kept from earlier runs show their own commit below" if any(
+            (e.get("commit") or commit) != commit for e in (info.get("notebooks") or {}).values()) else ""),
         f"- **Machine**: {machine}",
         f"- **dtype**: {_dtypes(info)}",
         f"- **Software**: Python {info.get('python')}; {versions}", "",
