@@ -273,6 +273,8 @@ PARAMS: dict[str, Param] = {
     "cond_curriculum": _p(IMAGE_CURRICULUM, COND, "make train-conditional: the conditional model's stages"),
     "cond_uncond_curriculum": _p(IMAGE_CURRICULUM, COND, "make train-conditional: the unconditional baseline's stages"),
     "cond_curriculum_learning_rate": _p(Num(0, 1, lo_open=True), COND, "make train-conditional: peak learning rate"),
+    "cond_curriculum_align_epochs": _p(Int(0), COND, "make train-conditional: projector captioning epochs before the "
+                                                     "curriculum (LLaVA stage 1; 0: none)"),
     "cond_val_fraction": _p(Num(0, 0.9, lo_open=True), COND,
                             "make train-conditional: share of each training object's images held out"),
     "cond_curve_n_per_c": _p(PER_CELL, COND, "make train-conditional: validation episodes per condition and c"),

@@ -92,12 +92,12 @@ def test_the_unconditional_model_trains_its_own_stages_on_the_same_validation_ep
     seen = {}
 
     def fake(base, stages, fit, classes, val, val_eps, out, config, every, *args):
-        seen.update(stages=stages, val_eps=val_eps, classes=classes)
+        seen.update(base=base, stages=stages, val_eps=val_eps, classes=classes)
         return None, pd.DataFrame()
 
     monkeypatch.setattr(curriculum, "train_with_curve", fake)
     cond_curriculum.main(["--profile", "smoke", "--model", "unconditional", "--out", str(tmp_path / "u")])
-    assert [s.conditions for s in seen["stages"]] == [()]
+    assert [s.conditions for s in seen["stages"]] == [()] and seen["base"] == tmp_path / "u" / "base"  # not aligned
     assert {e.params["condition"] for e in seen["val_eps"]} == {"shape", "color", "pattern"}
     assert (tmp_path / "u" / "tower" / "tower_training.json").is_file()
 
@@ -139,3 +139,21 @@ def test_published_conditional_stages_are_what_make_train_conditional_runs(name,
         assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel
     tower = json.loads((root / "tower" / "tower_training.json").read_text())
     assert tower["config"]["epochs"] == p["cond_tower_epochs"] and tower["targets"] == p["cond_conditions"]
+
+
+def test_align_epochs_caption_the_fit_images_before_the_curriculum(tmp_path, monkeypatch):
+    """cond_curriculum_align_epochs > 0: LLaVA's stage 1 (projector captions the fit images' attributes) runs first and
+    the curriculum starts from the aligned model."""
+    import json
+
+    from icc_utils.vision import cond_curriculum, curriculum
+
+    seen = []
+    monkeypatch.setattr(curriculum, "train_with_curve", lambda base, *a, **k: seen.append(base) or (None, pd.DataFrame()))
+    out = tmp_path / "c"
+    cond_curriculum.main(["--profile", "smoke", "--out", str(out), "--set", "cond_curriculum_align_epochs=1"])
+    rec = json.loads((out / "base-aligned" / "projector_alignment.json").read_text())
+    assert seen == [out / "base-aligned"] and rec["stamp"]["epochs"] == 1 and rec["history"]
+    assert rec["history"][-1]["loss"] < rec["history"][0]["loss"]          # the projector learned to caption
+    with pytest.raises(ValueError, match="cond_curriculum_align_epochs=-1 is out of range"):
+        cond_curriculum.main(["--profile", "smoke", "--out", str(out), "--set", "cond_curriculum_align_epochs=-1"])

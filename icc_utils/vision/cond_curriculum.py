@@ -25,11 +25,10 @@ def main(argv=None) -> None:
     """``python -m icc_utils.vision.cond_curriculum --model conditional``: train notebook 06's stand-in (or with
     ``--model unconditional`` its baseline) with the profile's curriculum into ``--out`` (``runs/icc-<model>``)."""
     from .. import PROJECT_ROOT
-    from ..finetune import FinetuneConfig
     from ..params import check_values
     from ..profiles import load_profile
     from . import conditional as C, tower as T, vlm as V
-    from .curriculum import (check_stage_arguments, curriculum_arguments, holdout_split,
+    from .curriculum import (check_stage_arguments, curriculum_arguments, curriculum_config, holdout_split,
                              image_curriculum_from_params, override_params, prepare_tower, train_with_curve)
     from .episodes import make_conditional_episodes
 
@@ -53,15 +52,20 @@ def main(argv=None) -> None:
                                                    epochs=p["cond_tower_epochs"], seed=seed),
         attribute_keys=p["cond_conditions"]))
     base = V.build_embedded_llava(out / "tower", out / "base", seed=seed)
+    if p["cond_curriculum_align_epochs"]:   # LLaVA's stage 1 first: the projector learns to caption the fit images
+        from .train import align_projector
+
+        captions = [p["cond_caption_template"].format(**{k: fit.attributes[k][i] for k in p["cond_conditions"]})
+                    for i in range(fit.n_images)]
+        rec = align_projector(base, fit, captions, out / "base-aligned", kernels=sorted({s.kernel for s in stages}),
+                              epochs=p["cond_curriculum_align_epochs"], seed=seed)
+        print(f"projector alignment: {len(rec['history'])} steps, caption loss {rec['history'][0]['loss']:.2f} -> "
+              f"{rec['final_loss']:.2f}, {rec['seconds']} s")
+        base = out / "base-aligned"
     val_cs = sorted({c for s in stages for c in s.n_clusters})
     val_eps = make_conditional_episodes(val, None, p["cond_conditions"], val_cs, p["cond_curve_n_per_c"], seed, "val",
                                         tuple(p["cond_length_range"]))
-    minutes = p["cond_curriculum_max_minutes"]
-    config = FinetuneConfig(model=str(base), lora_r=p["cond_ft_lora_r"], lora_alpha=p["cond_ft_lora_alpha"],
-                            learning_rate=p["cond_curriculum_learning_rate"], warmup_ratio=0.03,
-                            per_device_batch_size=1, gradient_accumulation_steps=1,
-                            save_steps=p["cond_curve_every_steps"], max_train_seconds=60.0 * minutes if minutes else None,
-                            seed=seed, dtype=p["vlm_dtype"])
+    config = curriculum_config(p, "cond", base)
     result, curve = train_with_curve(base, stages, fit, classes, val, val_eps, out, config, p["cond_curve_every_steps"],
                                      args.from_stage, args.init_adapter,
                                      f"{args.model.capitalize()} curriculum: conditional validation episodes "

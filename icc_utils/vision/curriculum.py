@@ -338,11 +338,24 @@ def check_stage_arguments(ap: argparse.ArgumentParser, args, stages: Sequence[Im
         ap.error(f"--from-stage must be in 1..{len(stages)}, and K > 1 needs --init-adapter (stage K-1's adapter)")
 
 
+def curriculum_config(p: dict, prefix: str, base: Path, batch_size: int = 1,
+                      accumulation_steps: int = 1) -> "FinetuneConfig":
+    """The training config of an image curriculum from the profile's ``<prefix>_ft_lora_*``,
+    ``<prefix>_curriculum_*`` and ``<prefix>_curve_every_steps`` values (``prefix``: "img" or "cond")."""
+    from ..finetune import FinetuneConfig
+
+    minutes = p[f"{prefix}_curriculum_max_minutes"]
+    return FinetuneConfig(model=str(base), lora_r=p[f"{prefix}_ft_lora_r"], lora_alpha=p[f"{prefix}_ft_lora_alpha"],
+                          learning_rate=p[f"{prefix}_curriculum_learning_rate"], warmup_ratio=0.03,
+                          per_device_batch_size=batch_size, gradient_accumulation_steps=accumulation_steps,
+                          save_steps=p[f"{prefix}_curve_every_steps"],
+                          max_train_seconds=60.0 * minutes if minutes else None, seed=p["seed"], dtype=p["vlm_dtype"])
+
+
 def main(argv=None) -> None:
     """``python -m icc_utils.vision.curriculum --profile default``: train notebook 05's stand-in with the profile's
     ``img_curriculum`` (tower, model, stages, learning curve) into ``--out`` (default ``runs/icc-images``)."""
     from .. import PROJECT_ROOT
-    from ..finetune import FinetuneConfig
     from ..params import check_values
     from ..profiles import load_profile
     from . import images as I, tower as T, vlm as V
@@ -373,13 +386,8 @@ def main(argv=None) -> None:
     base = V.build_embedded_llava(out / "tower", out / "base", seed=seed)
     val_cs = sorted({c for s in stages for c in s.n_clusters})
     val_eps = make_image_episodes(val, classes, val_cs, p["img_curve_n_per_c"], seed, "val", tuple(p["img_length_range"]))
-    minutes = p["img_curriculum_max_minutes"]
-    config = FinetuneConfig(model=str(base), lora_r=p["img_ft_lora_r"], lora_alpha=p["img_ft_lora_alpha"],
-                            learning_rate=p["img_curriculum_learning_rate"], warmup_ratio=0.03,
-                            per_device_batch_size=p["img_ft_per_device_batch_size"],
-                            gradient_accumulation_steps=p["img_curriculum_accumulation_steps"],
-                            save_steps=p["img_curve_every_steps"], max_train_seconds=60.0 * minutes if minutes else None,
-                            seed=seed, dtype=p["vlm_dtype"])
+    config = curriculum_config(p, "img", base, p["img_ft_per_device_batch_size"],
+                               p["img_curriculum_accumulation_steps"])
     result, curve = train_with_curve(base, stages, fit, classes, val, val_eps, out, config, p["img_curve_every_steps"],
                                      args.from_stage, args.init_adapter)
     print(result)
