@@ -52,6 +52,8 @@ train-images: $(STAMP)
 	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images
 	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images-medium --tower runs/icc-images/tower \
 	    --size-stage c234-k2 --init-adapter runs/icc-images/adapter
+	$(PY) -m icc_utils.vision.curriculum --profile $(PROFILE) --out runs/icc-images-large --tower runs/icc-images/tower \
+	    --size-stage c234-k1 --init-adapter runs/icc-images/adapter
 
 # The conditional curriculum (notebook 06's stand-in and its unconditional baseline, the same budget; the profile's
 # cond_curriculum and cond_uncond_curriculum) into runs/icc-conditional and runs/icc-unconditional (one tower).

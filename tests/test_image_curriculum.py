@@ -349,14 +349,16 @@ def test_published_image_stages_are_what_make_train_images_runs():
         assert meta["config"]["gradient_accumulation_steps"] == p["img_curriculum_accumulation_steps"]
         assert (meta["config"]["lora_r"], meta["config"]["lora_alpha"]) == (p["img_ft_lora_r"], p["img_ft_lora_alpha"])
         assert meta["lora_overrides"]["_pooling_kernel"] == stages[k].kernel and meta["finished"]
-    medium = PROJECT_ROOT / "models" / "icc-images-medium"   # img_size_stages[0], the next stage from the final adapter
-    if (medium / "train_config.json").is_file():
-        size = IC.image_curriculum_from_params(p["img_size_stages"])[0]
-        meta = json.loads((medium / "train_config.json").read_text())
-        assert meta["data_sha256"] == data_sha256(size.episodes(fit, classes, p["seed"], len(stages)))
-        assert meta["lora_overrides"]["_pooling_kernel"] == size.kernel and meta["finished"]
-        from icc_utils.io import sha256_file
+    from icc_utils.io import sha256_file
 
+    names = dict(zip(p["img_pool_kernels"], p["img_pool_names"]))
+    for size in IC.image_curriculum_from_params(p["img_size_stages"]):   # each the next stage from the final adapter
+        branch = PROJECT_ROOT / "models" / f"icc-images-{names[size.kernel].lower()}"   # icc-images-medium, -large
+        if not (branch / "train_config.json").is_file():
+            continue
+        meta = json.loads((branch / "train_config.json").read_text())
+        assert meta["data_sha256"] == data_sha256(size.episodes(fit, classes, p["seed"], len(stages))), branch.name
+        assert meta["lora_overrides"]["_pooling_kernel"] == size.kernel and meta["finished"]
         assert meta["init_adapter"]["sha256"] == sha256_file(root / "adapter_model.safetensors")   # the final adapter
 
 
