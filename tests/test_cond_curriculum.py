@@ -142,18 +142,24 @@ def test_published_conditional_stages_are_what_make_train_conditional_runs(name,
 
 
 def test_align_epochs_caption_the_fit_images_before_the_curriculum(tmp_path, monkeypatch):
-    """cond_curriculum_align_epochs > 0: LLaVA's stage 1 (projector captions the fit images' attributes) runs first and
-    the curriculum starts from the aligned model."""
-    import json
+    """cond_curriculum_align_epochs > 0: LLaVA's stage 1 (align_projector, tested in test_vision.py) first, on the fit
+    images captioned with their own attributes at the stages' kernels; the curriculum starts from the aligned model."""
+    from icc_utils.vision import cond_curriculum, curriculum, train
 
-    from icc_utils.vision import cond_curriculum, curriculum
+    seen, calls = [], []
 
-    seen = []
-    monkeypatch.setattr(curriculum, "train_with_curve", lambda base, *a, **k: seen.append(base) or (None, pd.DataFrame()))
+    def fake_align(base, images, captions, out, kernels, epochs, seed):
+        calls.append(dict(base=base, images=images, captions=captions, out=out, kernels=kernels, epochs=epochs))
+        return {"history": [{"loss": 2.0}], "final_loss": 1.0, "seconds": 0.0}
+
+    monkeypatch.setattr(train, "align_projector", fake_align)
+    monkeypatch.setattr(curriculum, "train_with_curve", lambda base, *a, **k: seen.append((base, a[1])) or (None, pd.DataFrame()))
     out = tmp_path / "c"
-    cond_curriculum.main(["--profile", "smoke", "--out", str(out), "--set", "cond_curriculum_align_epochs=1"])
-    rec = json.loads((out / "base-aligned" / "projector_alignment.json").read_text())
-    assert seen == [out / "base-aligned"] and rec["stamp"]["epochs"] == 1 and rec["history"]
-    assert rec["history"][-1]["loss"] < rec["history"][0]["loss"]          # the projector learned to caption
+    cond_curriculum.main(["--profile", "smoke", "--out", str(out), "--set", "cond_curriculum_align_epochs=2"])
+    (call,), ((base, fit),) = calls, seen
+    assert call["base"] == out / "base" and call["out"] == base == out / "base-aligned" and call["epochs"] == 2
+    assert call["images"] is fit and call["kernels"] == [4]     # the smoke curriculum's one stage, kernel 4
+    assert call["captions"][0] == " ".join(["a"] + [str(fit.attributes[k][0]) for k in ("color", "pattern", "shape")])
+    assert len(call["captions"]) == fit.n_images
     with pytest.raises(ValueError, match="cond_curriculum_align_epochs=-1 is out of range"):
         cond_curriculum.main(["--profile", "smoke", "--out", str(out), "--set", "cond_curriculum_align_epochs=-1"])
