@@ -138,12 +138,17 @@ def _finished_prefix(plan, info: dict, env: dict, out_dir: Path) -> list[str]:
     done = []
     for nb, params in plan:
         entry = info.get("notebooks", {}).get(nb.name, {})
-        if not (entry.get("status") == "ok" and entry.get("commit") == env["commit"] and entry.get("dirty") is False
-                and entry.get("parameters") == params and entry.get("source_sha256") == _sha256(nb)
-                and (out_dir / nb.name).is_file()):
+        if not (entry.get("commit") == env["commit"] and ran_as_now(entry, nb, params, out_dir)):
             break
         done.append(nb.name)
     return done
+
+
+def ran_as_now(entry: Mapping, nb: Path, params: Mapping, out_dir: Path) -> bool:
+    """Whether RUNINFO's ``entry`` records notebook ``nb`` finished ``ok`` from a clean tree with these
+    ``params`` and its current source, its executed copy in ``out_dir`` (on whichever commit)."""
+    return (entry.get("status") == "ok" and entry.get("dirty") is False and entry.get("parameters") == params
+            and entry.get("source_sha256") == _sha256(nb) and (Path(out_dir) / nb.name).is_file())
 
 
 # ---------------------------------------------------------------- running

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from icc_utils import PROJECT_ROOT
-from icc_utils.runner import find_notebooks
+from icc_utils import NOTEBOOKS_DIR, PROJECT_ROOT
+from icc_utils.profiles import parameters_for
+from icc_utils.runner import find_notebooks, ran_as_now
 
 PUBLISHED = PROJECT_ROOT / "results" / "default"
 EXPERIMENTS = PROJECT_ROOT / "experiments"
@@ -92,25 +93,19 @@ def test_every_results_link_in_the_readme_is_committed():
             "the README links no published file of results/default/ (gallery, report)"
 
 
-def _same_source(name: str, profile: str, old: str, new: str) -> bool:
-    """Whether notebook ``name`` and its ``profile`` parameters are the same at commits ``old`` and ``new``
-    (what ``--resume`` requires of a notebook it keeps)."""
-    paths = [f"notebooks/{name}", f"notebooks/parameters/{profile}/{name[:2]}.yml"]
-    return subprocess.run(["git", "diff", "--quiet", old, new, "--", *paths], cwd=PROJECT_ROOT).returncode == 0
-
-
 def _one_clean_run(root: Path, profile: str) -> dict:
     """``root/RUNINFO.json``, checked to record one finished run of ``profile``: status ok, no overrides, every
     notebook ok from a clean tree, its executed copy published; a notebook kept from an earlier invocation
-    (``--only`` the others) on another commit only if its source and parameters did not change since. Returns
-    the RUNINFO."""
+    (``--only`` the others) on another commit only if it ran with its current source and parameters (the runner's
+    own test, ``ran_as_now``). Returns the RUNINFO."""
     info = json.loads((root / "RUNINFO.json").read_text())
     assert info["profile"] == profile and info["status"] == "ok"
     assert info["commit"] and info["dirty"] is False and not info.get("overrides")
     for name, entry in info["notebooks"].items():
         assert entry["status"] == "ok" and entry.get("dirty") is False, name
-        assert entry["commit"] == info["commit"] or _same_source(name, profile, entry["commit"], info["commit"]), \
-            f"{name} ran on {entry['commit'][:7]}, and its source or parameters changed before {info['commit'][:7]}"
+        nb = NOTEBOOKS_DIR / name
+        assert entry["commit"] == info["commit"] or ran_as_now(entry, nb, parameters_for(nb, profile), root), \
+            f"{name} ran on {entry['commit'][:7]}, and its source or parameters have changed since"
         assert (root / name).is_file(), f"executed notebook {name} is not published"
     return info
 
